@@ -1,0 +1,5 @@
+import sys
+
+from slava.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""The one chat template of sLAVA.
+
+Teacher output, training, evaluation and serving all render conversations
+through this module, so a prompt seen in training is byte-for-byte the prompt
+seen at inference. The layout follows LLaVA-1.5 (plain-text roles, the
+tokenizer's end-of-sequence token closing each answer), which works for the
+tiny default tokenizer and for any Hugging Face base without new role tokens:
+
+    {system}
+
+    USER: <image>
+    {question}
+    ASSISTANT: {answer}<eos>
+    USER: {question 2}
+    ASSISTANT: {answer 2}<eos>
+
+Only answer tokens and their closing end-of-sequence token are trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+SYSTEM_PROMPT = (
+    "A chat between a materials scientist and sLAVA, an assistant that reads "
+    "electron micrographs. sLAVA answers precisely and gives sizes in nm."
+)
+IMAGE_TOKEN = "<image>"
+USER = "USER:"
+ASSISTANT = "ASSISTANT:"
+IGNORE_INDEX = -100
+ROLES = {"human": USER, "gpt": ASSISTANT}
+
+
+class ChatTokenizer(Protocol):
+    """What the template needs from a tokenizer."""
+
+    eos_id: int
+    image_id: int
+    bos_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens added."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a rendered conversation."""
+
+    text: str
+    target: bool = False
+    eos: bool = False
+
+
+class ChatFormatError(ValueError):
+    """A conversation does not alternate human/gpt turns starting with the human."""
+
+
+def render(
+    conversations: Sequence[dict], system: str = SYSTEM_PROMPT, add_generation_prompt: bool = False
+) -> list[Segment]:
+    """Render LLaVA-style turns (``{"from": "human"|"gpt", "value": str}``) as segments.
+
+    With ``add_generation_prompt`` the conversation must end on a human turn and
+    the result ends with the assistant cue, ready for generation.
+    """
+    if not conversations:
+        raise ChatFormatError("empty conversation")
+    segments = [Segment(f"{system}\n\n")]
+    for i, turn in enumerate(conversations):
+        role = turn.get("from")
+        expected = "human" if i % 2 == 0 else "gpt"
+        if role != expected:
+            raise ChatFormatError(f"turn {i} is from {role!r}, expected {expected!r}")
+        value = str(turn.get("value", "")).strip()
+        if role == "human":
+            prefix = "" if i == 0 else "\n"
+            segments.append(Segment(f"{prefix}{USER} {value}\n{ASSISTANT}"))
+        else:
+            segments.append(Segment(f" {value}", target=True))
+            segments.append(Segment("", target=True, eos=True))
+    if add_generation_prompt and conversations[-1].get("from") != "human":
+        raise ChatFormatError("a generation prompt needs the conversation to end on a human turn")
+    return segments
+
+
+def render_text(conversations: Sequence[dict], eos: str = "</s>", **kwargs) -> str:
+    """The conversation as one string, the end-of-sequence token spelled ``eos``."""
+    return "".join(eos if s.eos else s.text for s in render(conversations, **kwargs))
+
+
+def user_turn(question: str, with_image: bool = True) -> dict:
+    """A human turn, with the image placeholder in front when ``with_image``."""
+    return {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}" if with_image else question}
+
+
+def encode(
+    conversations: Sequence[dict],
+    tokenizer: ChatTokenizer,
+    num_image_tokens: int,
+    max_len: int | None = None,
+    add_generation_prompt: bool = False,
+    system: str = SYSTEM_PROMPT,
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels (``IGNORE_INDEX`` outside answers) of a conversation.
+
+    Each ``<image>`` in the text becomes ``num_image_tokens`` copies of
+    ``tokenizer.image_id``; the model writes image embeddings there. Segments
+    are encoded separately so a prompt encodes identically at training and at
+    generation time. Returns sequences truncated to ``max_len`` when given.
+    """
+    ids: list[int] = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    for seg in render(conversations, system=system, add_generation_prompt=add_generation_prompt):
+        if seg.eos:
+            piece = [tokenizer.eos_id]
+        else:
+            piece = []
+            parts = seg.text.split(IMAGE_TOKEN)
+            for j, part in enumerate(parts):
+                if j:
+                    piece.extend([tokenizer.image_id] * num_image_tokens)
+                if part:
+                    piece.extend(tokenizer.encode(part))
+        ids.extend(piece)
+        labels.extend(piece if seg.target else [IGNORE_INDEX] * len(piece))
+    if max_len is not None:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return ids, labels
