@@ -1,0 +1,20 @@
+"""Reading micrographs: formats, TIFF metadata, data-bar cropping, scale bars."""
+
+from slava.io.micrograph import Micrograph, MicrographError
+from slava.io.readers import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    load_micrograph,
+    load_micrograph_bytes,
+    micrograph_from_array,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "Micrograph",
+    "MicrographError",
+    "load_micrograph",
+    "load_micrograph_bytes",
+    "micrograph_from_array",
+]

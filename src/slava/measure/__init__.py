@@ -1,0 +1,77 @@
+"""Classical image analysis that answers "how many / how big" for one micrograph.
+
+``measure(micrograph)`` returns a ``Measurements`` record; lengths are in nm
+where the pixel size is known and in micrograph pixels otherwise (``unit``).
+Large images are analysed at ≤ 512 px on the long side and the sizes scaled
+back, so one call takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slava.errors import SlavaError
+from slava.io.micrograph import Micrograph
+from slava.measure.fibres import measure_fibres
+from slava.measure.particles import measure_particles
+from slava.measure.periodicity import measure_periodicity
+from slava.measure.pores import measure_pores
+from slava.measure.prepare import prepare
+from slava.measure.record import Measurements
+from slava.measure.texture import measure_texture
+
+KINDS = ("particles", "fibres", "pores", "texture", "periodicity")
+"""Every measurement ``measure`` knows, in the order it runs them."""
+
+__all__ = ["KINDS", "Measurements", "MeasureError", "measure"]
+
+
+class MeasureError(SlavaError):
+    """A measurement was asked for something it cannot do (unknown kind, empty image)."""
+
+
+def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[str] = KINDS) -> Measurements:
+    """Measure particles, fibres, pores, texture and periodicity of one micrograph.
+
+    ``micrograph`` is a ``Micrograph`` (data bar already cropped) or a raw
+    grey array, which goes through ``slava.io.micrograph_from_array`` first
+    so its data bar is cropped the same way. Only the kinds asked for are
+    filled; the rest stay None. Every kind answers on any image — whether
+    the answer means anything (particles in a fibre mat) is for the caller
+    to judge from the class; ``notes`` flags the obvious mismatches.
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise MeasureError(f"unknown measurement kind(s) {unknown}; known: {list(KINDS)}")
+    if not isinstance(micrograph, Micrograph):
+        from slava.io import micrograph_from_array
+
+        micrograph = micrograph_from_array(micrograph)
+    pixels = np.asarray(micrograph.pixels, dtype=np.float32)
+    if pixels.ndim != 2 or min(pixels.shape) < 16:
+        raise MeasureError(f"need a grey image of at least 16×16 pixels, got shape {pixels.shape}")
+    size = micrograph.pixel_size_nm if micrograph.pixel_size_nm and micrograph.pixel_size_nm > 0 else None
+    notes: list[str] = []
+    if size is None:
+        notes.append("no pixel size: sizes in px")
+    result = Measurements(
+        width_px=int(pixels.shape[1]),
+        height_px=int(pixels.shape[0]),
+        pixel_size_nm=size,
+        unit="px" if size is None else "nm",
+        notes=notes,
+    )
+    prep = prepare(pixels)
+    if prep.scale > 1:
+        notes.append(f"analysed at 1/{prep.scale:g} resolution; features under {2 * prep.scale:g} px are missed")
+    if "particles" in kinds:
+        result.particles = measure_particles(prep, size, notes)
+    if "fibres" in kinds:
+        result.fibres = measure_fibres(prep, size, notes)
+    if "pores" in kinds:
+        result.pores = measure_pores(prep, size, notes)
+    if "texture" in kinds:
+        result.texture = measure_texture(pixels, prep)
+    if "periodicity" in kinds:
+        result.periodicity = measure_periodicity(prep, size, notes)
+    return result

@@ -20,6 +20,8 @@ class ParticleStats:
     median_diameter: float | None
     std_diameter: float | None
     coverage: float
+    border_count: int = 0
+    """Particles cut by the image edge: left out of ``count`` and the sizes."""
 
 
 @dataclass
@@ -33,6 +35,8 @@ class FibreStats:
     orientation_deg: float | None
     orientation_spread_deg: float | None
     total_length: float | None
+    segment_count: int = 0
+    """Skeleton segments between junctions before straight-through ones were joined."""
 
 
 @dataclass
@@ -43,6 +47,20 @@ class PoreStats:
     count: int
     mean_pore_size: float | None
     median_pore_size: float | None
+    pore_sizes_px: list[float] = field(default_factory=list)
+    pore_sizes_nm: list[float] | None = None
+    mean_ligament_width: float | None = None
+    """Mean width of the bright matrix between pores (struts, ligaments)."""
+
+
+@dataclass
+class PeriodicityStats:
+    """The repeat distance of a periodic pattern, from the image autocorrelation."""
+
+    pitch: float | None
+    pitch_px: float | None
+    strength: float
+    """Autocorrelation at the pitch (0..1); below ~0.2 the field is not periodic."""
 
 
 @dataclass
@@ -70,6 +88,7 @@ class Measurements:
     fibres: FibreStats | None = None
     pores: PoreStats | None = None
     texture: TextureStats | None = None
+    periodicity: PeriodicityStats | None = None
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -1,0 +1,71 @@
+"""``slava inspect FILE``: what sLAVA reads from one micrograph file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``inspect`` command."""
+    p = subparsers.add_parser(
+        "inspect",
+        help="show size, bit depth, pixel size, data bar and scale bar of an image",
+        description="Read one micrograph and show what sLAVA found in it.",
+    )
+    p.add_argument("file", help="image file (TIFF, PNG, JPEG, BMP)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--pixel-size", type=float, metavar="NM", help="pixel size in nm (overrides metadata)")
+    p.add_argument("--scale-bar-nm", type=float, metavar="NM", help="length the scale bar stands for, in nm")
+    p.set_defaults(func=inspect)
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """Load ``args.file`` and print its summary."""
+    from slava.io import load_micrograph
+
+    m = load_micrograph(args.file, pixel_size_nm=args.pixel_size, scale_bar_nm=args.scale_bar_nm)
+    height, width = m.original_shape
+    summary = {
+        "path": m.path,
+        "sha256": m.sha256,
+        "format": m.metadata.get("format"),
+        "size": [width, height],
+        "image_size": [m.width, m.height],
+        "dtype": m.dtype,
+        "bit_depth": m.bit_depth,
+        "pixel_size_nm": m.pixel_size_nm,
+        "pixel_size_source": m.pixel_size_source,
+        "pixel_size_candidates": m.metadata.get("pixel_size_candidates", {}),
+        "data_bar": list(m.data_bar) if m.data_bar else None,
+        "scale_bar_px": m.scale_bar_px,
+        "scale_bar_box": list(m.scale_bar_box) if m.scale_bar_box else None,
+        "scale_bar_nm": m.scale_bar_nm,
+        "field_width_nm": m.to_nm(m.width),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    pixel = "unknown (give --pixel-size or --scale-bar-nm)"
+    if m.pixel_size_nm is not None:
+        pixel = f"{m.pixel_size_nm:.4g} nm/px (from {m.pixel_size_source}); field width {m.to_nm(m.width):.4g} nm"
+    bar = "none found"
+    if m.data_bar:
+        bar = f"box {tuple(m.data_bar)}, cropped to {m.width}x{m.height}"
+    scale = "none found"
+    if m.scale_bar_px is not None:
+        scale = f"{m.scale_bar_px:.1f} px, box {tuple(m.scale_bar_box)}"
+        if m.scale_bar_nm is not None:
+            scale += f" = {m.scale_bar_nm:g} nm"
+        elif m.pixel_size_nm is not None:
+            scale += f" ≈ {m.scale_bar_px * m.pixel_size_nm:.4g} nm at that pixel size"
+    for key, value in (
+        ("file", m.path),
+        ("format", f"{summary['format']}, {width}x{height}, {m.dtype} ({m.bit_depth}-bit)"),
+        ("pixel size", pixel),
+        ("data bar", bar),
+        ("scale bar", scale),
+        ("sha256", m.sha256),
+    ):
+        print(f"{key:<11} {value}")
+    return 0

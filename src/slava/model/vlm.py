@@ -1,0 +1,322 @@
+"""The LLaVA-shaped student: vision tower → projector → causal LM, with a quantized, expert-adapted base.
+
+The glue is nanoVLM's: embed the tokens, encode and project the image, write
+the image embeddings into the `<image>` placeholder positions, run the LM on
+the merged embeddings. Training stages switch which parameters learn:
+
+- ``base``     the whole LM (the tiny default learns language here);
+- ``align``    the projector, on a frozen, quantized LM carrying (idle) experts;
+- ``instruct`` experts, routers, projector and any unfrozen top tower blocks.
+
+A checkpoint directory holds ``config.json`` (model config, tokenizer info,
+stage, base fingerprint), the tokenizer files, ``adapter.safetensors`` and,
+when the LM was trained here, ``base.safetensors`` (its quantized state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slava.config import ConfigError, from_dict, to_dict
+from slava.data.chat import IGNORE_INDEX
+from slava.errors import SlavaError
+from slava.model import generate as gen
+from slava.model.config import ModelConfig
+from slava.model.language import build_language_model
+from slava.model.mope import MoPELinear, attach_mopes, router_losses
+from slava.model.projector import Projector
+from slava.model.quant import quantize_from_config
+from slava.model.tokenizer import SlavaTokenizer
+from slava.model.towers import VisionTower, build_tower
+
+STAGES = ("base", "align", "instruct")
+FORMAT = 1
+
+
+class CheckpointError(SlavaError):
+    """A checkpoint directory is missing, incomplete or inconsistent."""
+
+
+class BaseMismatchError(CheckpointError):
+    """An adapter is being loaded onto base weights other than those it was trained on."""
+
+
+class StageError(SlavaError):
+    """A training stage was requested that the model's state does not allow."""
+
+
+@dataclass
+class VLMOutput:
+    """What `SlavaModel.forward` returns; losses are 0-dim tensors."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+class SlavaModel(nn.Module):
+    """Vision tower + projector + causal LM; see the module docstring for stages and files."""
+
+    def __init__(self, cfg: ModelConfig, tokenizer: SlavaTokenizer, tower: VisionTower, lm: nn.Module):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.tower, self.lm = tower, lm
+        lm_dim = lm.get_input_embeddings().weight.shape[1]
+        self.projector = Projector(tower.dim, lm_dim, tower.grid, cfg.projector.hidden, cfg.projector.pool)
+        self.stage: str | None = None
+        self.adapted = False
+        self.base_trained = cfg.lm.kind == "tiny_llama"
+        self.requires_grad_(False)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, tokenizer: SlavaTokenizer) -> "SlavaModel":
+        """A fresh model: pretrained (or new) tower and LM, new projector; everything frozen until `prepare_stage`."""
+        return cls(cfg, tokenizer, build_tower(cfg.vision), build_language_model(cfg.lm, tokenizer))
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Placeholder tokens each `<image>` expands to (pass to `chat.encode`)."""
+        return self.projector.num_tokens
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels the tower sees (inputs are resized to it)."""
+        return self.tower.image_size
+
+    def _tower_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        # A frozen tower needs no graph: skipping it saves memory and time.
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.tower.parameters())
+        with torch.set_grad_enabled(needs_grad):
+            return self.tower(pixels)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [B, num_image_tokens, D_lm] of grey pixels [B,1,H,W] in [0,1]."""
+        return self.projector(self._tower_tokens(pixels))
+
+    @torch.no_grad()
+    def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled tower features [B, D_tower] (for few-shot prototypes)."""
+        return self._tower_tokens(pixels).float().mean(dim=1)
+
+    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the `<image>` positions of row b replaced by `image_embeds[b]` in order."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.tokenizer.image_id
+        if image_embeds is None:
+            if slots.any():
+                raise ValueError("input_ids hold <image> placeholders but no pixels were given")
+            return embeds
+        n = image_embeds.shape[1]
+        if int(slots.sum(dim=1).max()) > n:
+            raise ValueError(f"a row holds more <image> placeholders than the {n} image tokens")
+        index = (slots.cumsum(dim=1) - 1).clamp(0, n - 1)
+        picked = image_embeds.to(embeds.dtype).gather(1, index.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+        return torch.where(slots.unsqueeze(-1), picked, embeds)
+
+    def forward(
+        self,
+        pixels: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> VLMOutput:
+        """Logits [B,T,V], and with `labels` the next-token loss on non-ignored labels, plus router losses."""
+        image_embeds = None if pixels is None else self.encode_images(pixels)
+        embeds = self.embed(input_ids, image_embeds)
+        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+            )
+        if self.adapted:
+            balance, z = router_losses(self.lm)
+        else:
+            balance = z = logits.new_zeros((), dtype=torch.float32)
+        return VLMOutput(loss, logits, balance, z)
+
+    # -- stages and parameters -------------------------------------------------
+
+    def _adapt(self) -> None:
+        self.lm.requires_grad_(False)
+        quantize_from_config(self.lm, self.cfg.quant)
+        attach_mopes(self.lm, self.cfg.mope)
+        self.adapted = True
+
+    def _expert_params(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"experts": [], "routers": []}
+        for name, module in self.lm.named_modules():
+            if isinstance(module, MoPELinear):
+                for pname, p in module.named_parameters():
+                    if not pname.startswith("base."):
+                        key = "routers" if "router" in pname else "experts"
+                        groups[key].append((f"lm.{name}.{pname}", p))
+        return groups
+
+    def prepare_stage(self, stage: str) -> None:
+        """Set what trains in `stage`; entering align/instruct first quantizes the LM and attaches experts."""
+        if stage not in STAGES:
+            raise StageError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        if stage == "base":
+            if self.adapted:
+                raise StageError("the LM is already quantized and adapted; the base stage must come first")
+            self.requires_grad_(False)
+            self.lm.requires_grad_(True)
+            self.base_trained = True
+        else:
+            if not self.adapted:
+                self._adapt()
+            self.requires_grad_(False)
+            self.projector.requires_grad_(True)
+            if stage == "instruct":
+                for group in self._expert_params().values():
+                    for _, p in group:
+                        p.requires_grad_(True)
+                self.tower.set_trainable(self.cfg.vision.trainable_blocks)
+        self.stage = stage
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group: lm, projector, experts, routers, tower (empty groups included)."""
+        experts = self._expert_params()
+        adapter_ids = {id(p) for group in experts.values() for _, p in group}
+        return {
+            "lm": [p for p in self.lm.parameters() if p.requires_grad and id(p) not in adapter_ids],
+            "projector": [p for p in self.projector.parameters() if p.requires_grad],
+            "experts": [p for _, p in experts["experts"] if p.requires_grad],
+            "routers": [p for _, p in experts["routers"] if p.requires_grad],
+            "tower": [p for p in self.tower.parameters() if p.requires_grad],
+        }
+
+    # -- checkpoint ------------------------------------------------------------
+
+    def _adapter_keys(self) -> set[str]:
+        """State-dict keys saved in adapter.safetensors: everything trained on top of the base."""
+        keys = {f"projector.{k}" for k in self.projector.state_dict()}
+        keys |= {name for group in self._expert_params().values() for name, _ in group}
+        if self.cfg.vision.kind == "vit":
+            keys |= {f"tower.{k}" for k in self.tower.state_dict()}
+        elif self.cfg.vision.trainable_blocks > 0:
+            top = self.tower.blocks[-self.cfg.vision.trainable_blocks :]
+            top_ids = {id(t) for block in top for t in block.state_dict(keep_vars=True).values()}
+            keys |= {f"tower.{k}" for k, t in self.tower.state_dict(keep_vars=True).items() if id(t) in top_ids}
+        return keys
+
+    def _base_state(self) -> dict[str, torch.Tensor]:
+        adapter = self._adapter_keys()
+        return {k: v for k, v in self.state_dict().items() if k not in adapter}
+
+    def base_fingerprint(self) -> str:
+        """sha256 over the frozen (quantized) base tensors: LM and tower, adapter weights excluded."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self._base_state().items()):
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(_tensor_bytes(tensor))
+        return digest.hexdigest()
+
+    def save(self, directory: str | Path) -> None:
+        """Write config.json, tokenizer, adapter.safetensors and (LM trained here) base.safetensors."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        adapter = {k: state[k].contiguous() for k in sorted(self._adapter_keys())}
+        save_file(adapter, str(directory / "adapter.safetensors"))
+        if self.base_trained:
+            base = {k: v.contiguous() for k, v in self._base_state().items() if k.startswith("lm.")}
+            save_file(base, str(directory / "base.safetensors"))
+        meta = {
+            "format": FORMAT,
+            "model": to_dict(self.cfg),
+            "tokenizer": self.tokenizer.info(),
+            "stage": self.stage,
+            "adapted": self.adapted,
+            "base_trained": self.base_trained,
+            "base_fingerprint": self.base_fingerprint(),
+        }
+        self.tokenizer.save(directory)
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "SlavaModel":
+        """Rebuild a saved model; refuses (BaseMismatchError) when the base weights differ from training."""
+        directory = Path(directory)
+        meta_path = directory / "config.json"
+        if not meta_path.is_file():
+            raise CheckpointError(f"{directory}: no config.json; not a sLAVA model directory")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{directory}: checkpoint format {meta.get('format')!r}, expected {FORMAT}")
+        try:
+            cfg = from_dict(ModelConfig, meta["model"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{directory}/config.json: {exc}") from exc
+        model = cls.build(cfg, SlavaTokenizer.load(directory))
+        if meta["adapted"]:
+            model._adapt()
+        model.base_trained = meta["base_trained"]
+        if model.base_trained:
+            model._load_part(directory / "base.safetensors", {k for k in model._base_state() if k.startswith("lm.")})
+        found = model.base_fingerprint()
+        if found != meta["base_fingerprint"]:
+            raise BaseMismatchError(
+                f"{directory}: the base weights (LM {cfg.lm.path or cfg.lm.kind}, tower "
+                f"{cfg.vision.path or cfg.vision.kind}) differ from those this adapter was trained on "
+                f"(fingerprint {found[:12]}… ≠ {meta['base_fingerprint'][:12]}…)"
+            )
+        model._load_part(directory / "adapter.safetensors", model._adapter_keys())
+        if meta["stage"] is not None:
+            model.prepare_stage(meta["stage"])
+        return model
+
+    def _load_part(self, path: Path, expected: set[str]) -> None:
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        tensors = load_file(str(path))
+        own = self.state_dict()
+        if set(tensors) != expected:
+            diff = sorted(set(tensors) ^ expected)
+            raise CheckpointError(f"{path}: tensors do not match the model ({len(diff)} differ, e.g. {diff[0]})")
+        for k, t in tensors.items():
+            if own[k].shape != t.shape:
+                raise CheckpointError(f"{path}: {k} has shape {tuple(t.shape)}, the model {tuple(own[k].shape)}")
+        self.load_state_dict(tensors, strict=False)
+
+    # -- inference -------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixels: torch.Tensor | None,
+        input_ids: list[list[int]],
+        max_new_tokens: int = 64,
+        strategy: str = "greedy",
+        num_beams: int = 4,
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[list[int]]:
+        """New tokens for each prompt (eos not included); see `slava.model.generate.generate`."""
+        return gen.generate(
+            self, pixels, input_ids, max_new_tokens, strategy, num_beams=num_beams, top_p=top_p,
+            temperature=temperature, generator=generator,
+        )
+
+    @torch.no_grad()
+    def score_continuations(
+        self, pixels: torch.Tensor | None, prompt_ids: list[int], continuations: list[list[int]]
+    ) -> list[float]:
+        """Mean log-probability per token of each continuation after image + prompt (one batched forward)."""
+        return gen.score_continuations(self, pixels, prompt_ids, continuations)

@@ -1,0 +1,154 @@
+"""Training recipes: one YAML file → typed dataclasses, strictly checked.
+
+A recipe names the student model (``slava.model.config.ModelConfig``) and the
+stages to run in order. Unknown keys and wrong types are refused with the key
+named (``slava.config``), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from slava.config import ConfigError, from_dict, to_dict
+from slava.model.config import ModelConfig
+
+STAGES = ("base", "align", "instruct")
+
+
+@dataclass
+class StageConfig:
+    """One training stage."""
+
+    name: Literal["base", "align", "instruct"]
+    """`base`: the tiny LM on the corpus text (tokenizer trained first), all LM
+    parameters; `align`: the projector on captions, LM frozen; `instruct`:
+    experts, routers, projector (and top tower blocks if configured) on all tasks."""
+    epochs: int = 1
+    """Passes over the stage's examples."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps even if epochs remain."""
+    batch_size: int = 8
+    """Examples per micro-step over all processes together (split evenly under
+    torchrun), so the same recipe gives the same run on 1 or N processes."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step."""
+    lr: dict[str, float] = field(default_factory=dict)
+    """Learning rate per parameter group (`lm`, `projector`, `experts`,
+    `routers`, `tower`); `default` applies to groups not named."""
+    warmup_ratio: float = 0.05
+    """Fraction of the stage's steps with linear warm-up, then cosine decay to zero."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices (biases and norms get none)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+    tasks: list[str] | None = None
+    """Record tasks trained on (`caption`, `vqa`, `classify`, `measure`); None = all."""
+
+
+@dataclass
+class Recipe:
+    """A whole training run: model, stages, and how to run them."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The student model."""
+    stages: list[StageConfig] = field(default_factory=list)
+    """Stages run in order."""
+    seed: int = 0
+    """Seeds model init, data order and rank sampling."""
+    bf16: bool = True
+    """bf16 autocast (CPU and CUDA); weights and optimizer state stay fp32."""
+    checkpoint_every: int = 100
+    """Optimizer steps between checkpoints (one is also written at each stage end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk; older ones are deleted once a newer one is complete."""
+    num_workers: int = 2
+    """Threads decoding images into the in-memory cache."""
+    max_len: int = 512
+    """Longest training sequence in tokens (image tokens included); longer records are skipped."""
+    cache_images: bool = True
+    """Keep decoded, resized images in memory (decoded once); off = decode on every use."""
+    val_fraction: float = 0.05
+    """Held-out fraction (by image hash) when no record has `meta.split == "val"`."""
+    threads: int | None = None
+    """torch CPU threads per process; None = torch's default."""
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if key.isdigit() and isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {dotted}: {key} is not a mapping")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe, applying ``overrides`` (``{"model.lm.path": "/x", "stages.0.epochs": 2}``) first."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read recipe: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        _set_path(data, key, value)
+    try:
+        recipe = from_dict(Recipe, data)
+        validate_recipe(recipe)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return recipe
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Checks a type cannot express: stage order, positive sizes."""
+    if not recipe.stages:
+        raise ConfigError("stages: at least one stage is needed")
+    names = [s.name for s in recipe.stages]
+    if names != sorted(names, key=STAGES.index) or len(set(names)) != len(names):
+        raise ConfigError(f"stages: {names} must be a subsequence of {list(STAGES)}")
+    if "base" in names and recipe.model.lm.kind != "tiny_llama":
+        raise ConfigError("stages: the base stage pretrains the tiny LM only (model.lm.kind: tiny_llama)")
+    for i, stage in enumerate(recipe.stages):
+        for key in ("epochs", "batch_size", "grad_accum"):
+            if getattr(stage, key) < 1:
+                raise ConfigError(f"stages[{i}].{key}: must be at least 1")
+        if not 0 <= stage.warmup_ratio < 1:
+            raise ConfigError(f"stages[{i}].warmup_ratio: must be in [0, 1)")
+        if not stage.lr:
+            raise ConfigError(f"stages[{i}].lr: give a learning rate per parameter group (or `default`)")
+    if recipe.checkpoint_every < 1 or recipe.keep_checkpoints < 1:
+        raise ConfigError("checkpoint_every and keep_checkpoints must be at least 1")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["model.lm.path=/m", "seed=3"]`` → dict; values are parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (every default written out)."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)

@@ -1,0 +1,444 @@
+"""The training loop: stages in order, exact resume, the same result on 1 or N processes.
+
+Determinism is by construction. Every optimizer step's examples come from a
+permutation seeded by (seed, stage, epoch); the expert rank comes from a
+dedicated generator; the loss of a step is the sum of per-token losses divided
+by the step's global target-token count (known up front from the labels), so
+splitting a step over micro-batches or processes changes only rounding. A
+checkpoint is taken between optimizer steps and holds everything that step
+depends on, so a resumed run continues the same trajectory.
+
+Weights trained by a finished stage (the tiny LM after ``base``) are written to
+``stages/`` and replayed on resume before the later stage's ``prepare_stage``
+quantizes them, so a resumed run rebuilds the exact same frozen base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from slava.config import ConfigError, to_dict
+from slava.data.chat import IGNORE_INDEX, render_text
+from slava.data.records import read_records
+from slava.errors import SlavaError
+from slava.train import distributed as D
+from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic, write_text_atomic
+from slava.train.dataset import Example, ImageStore, build_examples, collate, resolve_image, split_records, target_tokens
+from slava.train.metrics import MetricsLog, load_entropy, truncate_after
+from slava.train.recipe import Recipe, recipe_to_yaml
+from slava.train.schedule import make_scheduler
+
+log = logging.getLogger("slava.train")
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def _recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(to_dict(recipe), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"peak_rss_mb": round(rss, 1)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def label_vocabulary(records: list[dict]) -> dict:
+    """Class labels the training data exposed: ``meta.class`` values and class names found in answers.
+
+    The zero-shot evaluation reads this to tell unseen classes from seen ones.
+    """
+    try:
+        from slava.synth import CLASS_NAMES
+    except ImportError:
+        CLASS_NAMES = {}
+    meta_classes = Counter(str(c) for r in records if (c := (r.get("meta") or {}).get("class")) is not None)
+    names = set(CLASS_NAMES) | set(CLASS_NAMES.values()) | set(meta_classes)
+    patterns = {n: re.compile(r"\b" + re.escape(n.replace("_", " ")) + r"\b", re.I) for n in names}
+    in_answers: Counter = Counter()
+    for rec in records:
+        text = " ".join(t.get("value", "") for t in rec["conversations"][1::2])
+        for name, pat in patterns.items():
+            if pat.search(text):
+                in_answers[name] += 1
+    return {"meta_classes": dict(sorted(meta_classes.items())), "class_names_in_answers": dict(sorted(in_answers.items()))}
+
+
+class Trainer:
+    """One run of a recipe into ``out``; see the module docstring."""
+
+    def __init__(self, recipe: Recipe, data: Path, out: Path, info: D.DistInfo, max_steps: int | None, progress: bool):
+        self.recipe, self.data, self.out, self.info = recipe, Path(data), Path(out), info
+        self.max_steps = max_steps
+        self.progress = progress and info.is_main
+        self.ckpts = CheckpointManager(self.out / "checkpoints", recipe.keep_checkpoints)
+        self.global_step = 0
+        self.stage_summaries: dict[str, dict] = {}
+        self.started = time.time()
+
+    # -- setup -------------------------------------------------------------------
+
+    def _read_data(self) -> None:
+        records, bad = read_records(self.data)
+        if bad:
+            log.warning("%s: skipped %d invalid lines (e.g. line %d: %s)", self.data, len(bad), bad[0].line, bad[0].reason)
+        if not records:
+            raise SlavaError(f"{self.data}: no valid records to train on")
+        self.root = self.data.parent
+        self.train_records, self.val_records, self.n_test = split_records(records, self.recipe.val_fraction)
+        self.n_invalid = len(bad)
+
+    def _tokenizer(self, resumed: bool):
+        from slava.model.tokenizer import SlavaTokenizer, from_pretrained_dir, train_tokenizer
+
+        lm = self.recipe.model.lm
+        if lm.kind == "hf":
+            return from_pretrained_dir(lm.path)
+        tok_dir = self.out / "tokenizer"
+        if not (resumed and (tok_dir / "slava_tokenizer.json").is_file()) and self.info.is_main:
+            texts = [render_text(r["conversations"]).replace("<image>\n", "") for r in self.train_records]
+            train_tokenizer(texts, lm.vocab_size).save(tok_dir)
+        D.barrier(self.info)
+        return SlavaTokenizer.load(tok_dir)
+
+    # -- run ---------------------------------------------------------------------
+
+    def run(self, resume: bool) -> dict:
+        """Train every stage not yet done; returns the summary written to ``train_summary.json``."""
+        from slava.model.vlm import SlavaModel
+
+        latest = self.ckpts.latest()
+        if latest is not None and not resume:
+            raise SlavaError(f"{self.out} already holds a run (checkpoint {latest.name}); pass --resume or choose another --out")
+        ckpt = self.ckpts.load() if resume else None
+        if resume and ckpt is None:
+            log.warning("%s: no checkpoint to resume from; starting from the beginning", self.out)
+        if ckpt is not None and ckpt.meta.get("recipe_hash") != _recipe_hash(self.recipe):
+            log.warning("the recipe differs from the one the checkpoint was written with; the run will not match")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:
+            truncate_after(self.out / "metrics.jsonl", ckpt.meta["global_step"] if ckpt else -1)
+            write_text_atomic(self.out / "recipe.yaml", recipe_to_yaml(self.recipe))
+        D.barrier(self.info)
+        self._read_data()
+        tokenizer = self._tokenizer(resumed=ckpt is not None)
+        torch.manual_seed(self.recipe.seed)
+        model = SlavaModel.build(self.recipe.model, tokenizer).to(self.info.device)
+        self.images = ImageStore(model.image_size, self.recipe.cache_images)
+        if any(s.name != "base" for s in self.recipe.stages):
+            paths = [resolve_image(r, self.root) for r in self.train_records + self.val_records]
+            self.images.preload(paths, self.recipe.num_workers)
+
+        first, resume_state = 0, None
+        if ckpt is not None:
+            self.global_step = ckpt.meta["global_step"]
+            self.stage_summaries = ckpt.meta.get("stage_summaries", {})
+            first = ckpt.meta["completed_stages"]
+            for i in range(first):
+                model.prepare_stage(self.recipe.stages[i].name)
+                self._load_weights(model, self._stage_product(i), f"stage {i} product")
+            if ckpt.meta["in_stage"]:
+                resume_state = ckpt
+            else:
+                restore_rng(ckpt.state["rng"], ckpt.meta["rng"])
+
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.info.is_main)
+        try:
+            for i in range(first, len(self.recipe.stages)):
+                self._run_stage(model, i, resume_state if i == first else None)
+        finally:
+            self.metrics.close()
+        return self._finish(model)
+
+    def _stage_product(self, i: int) -> Path:
+        return self.out / "stages" / f"{i}-{self.recipe.stages[i].name}.safetensors"
+
+    @staticmethod
+    def _trainable(model) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def _load_weights(self, model, source, what: str) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(source)) if isinstance(source, Path) else source
+        own = self._trainable(model)
+        if set(tensors) != set(own):
+            diff = sorted(set(tensors) ^ set(own))
+            raise SlavaError(f"{what}: tensors do not match the model ({len(diff)} differ, e.g. {diff[0]})")
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(tensors[name].to(p.device))
+
+    def _optimizer(self, model, index: int):
+        stage = self.recipe.stages[index]
+        groups = []
+        for name, params in model.param_groups().items():
+            if not params:
+                continue
+            lr = stage.lr.get(name, stage.lr.get("default"))
+            if lr is None:
+                raise ConfigError(f"stages[{index}].lr: no learning rate for parameter group {name!r} (name it or give `default`)")
+            matrices = [p for p in params if p.ndim >= 2]
+            vectors = [p for p in params if p.ndim < 2]
+            groups.append({"params": matrices, "lr": lr, "weight_decay": stage.weight_decay, "name": name})
+            if vectors:
+                groups.append({"params": vectors, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"})
+        if not groups:
+            raise SlavaError(f"stage {stage.name}: nothing to train")
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+    def _permutation(self, index: int, epoch: int, n: int) -> tuple[list[int], int]:
+        seed = (self.recipe.seed * 1_000_003 + index * 10_007 + epoch) % 2**63
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist(), seed
+
+    # -- one stage -----------------------------------------------------------------
+
+    def _run_stage(self, model, index: int, ckpt: Checkpoint | None) -> None:
+        from slava.model.mope import expert_usage, reset_expert_usage, sample_rank, set_rank
+
+        stage = self.recipe.stages[index]
+        info, recipe = self.info, self.recipe
+        model.prepare_stage(stage.name)
+        model.train()
+        text_only = stage.name == "base"
+        common = dict(
+            root=self.root, tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
+            max_len=recipe.max_len, images=self.images, text_only=text_only, tasks=stage.tasks,
+        )
+        train_ex, skipped = build_examples(self.train_records, what=f"stage {stage.name}, training records", **common)
+        val_ex, _ = build_examples(self.val_records, what=f"stage {stage.name}, validation records", **common)
+        per_step = stage.batch_size * stage.grad_accum
+        steps_per_epoch = len(train_ex) // per_step
+        if steps_per_epoch == 0:
+            raise SlavaError(
+                f"stage {stage.name}: {len(train_ex)} usable examples, fewer than one step "
+                f"(batch_size {stage.batch_size} x grad_accum {stage.grad_accum})"
+            )
+        total = stage.epochs * steps_per_epoch
+        for cap in (stage.max_steps, self.max_steps):
+            if cap is not None:
+                total = min(total, cap)
+
+        optimizer = self._optimizer(model, index)
+        scheduler = make_scheduler(optimizer, total, stage.warmup_ratio)
+        trainable = self._trainable(model)
+        params = list(trainable.values())
+        rank_gen = torch.Generator().manual_seed(recipe.seed * 7919 + index)
+        start = 0
+        if ckpt is not None:
+            self._load_weights(model, ckpt.weights, f"checkpoint {ckpt.path}")
+            optimizer.load_state_dict(ckpt.state["optimizer"])
+            scheduler.load_state_dict(ckpt.state["scheduler"])
+            restore_rng(ckpt.state["rng"], ckpt.meta["rng"], {"rank": rank_gen})
+            start = ckpt.meta["stage_step"]
+
+        net = model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(
+                model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
+            )
+        mope = recipe.model.mope
+        routed = model.adapted and mope.num_experts > 1
+        autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=recipe.bf16)
+        summary = {"examples": len(train_ex), "val_examples": len(val_ex), "skipped": dict(skipped.counts), "steps": total}
+        self.stage_summaries[stage.name] = summary
+        load_sum: dict[int, torch.Tensor] = {}
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=f"{stage.name}", disable=not self.progress, dynamic_ncols=True)
+        perm_cache: dict[int, tuple[list[int], int]] = {}
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            epoch, position = divmod(step, steps_per_epoch)
+            if epoch not in perm_cache:
+                perm_cache = {epoch: self._permutation(index, epoch, len(train_ex))}
+            perm, perm_seed = perm_cache[epoch]
+            rank = sample_rank(mope, rank_gen) if model.adapted else None
+            set_rank(model, rank)
+            if routed:
+                reset_expert_usage(model)
+            first = position * per_step
+            micro = [perm[first + m * stage.batch_size : first + (m + 1) * stage.batch_size] for m in range(stage.grad_accum)]
+            global_tokens = sum(target_tokens(train_ex[j]) for idx in micro for j in idx)
+            sums = [0.0, 0.0, 0.0, 0.0]  # ce sum, balance, z, tokens seen (padding excluded)
+            for m, idx in enumerate(micro):
+                batch = collate([train_ex[j] for j in D.shard(idx, info)], self.images, model.tokenizer.pad_id, model.image_size)
+                batch = {k: v.to(info.device) for k, v in batch.items()}
+                sync = m == stage.grad_accum - 1 or not info.distributed
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    with autocast:
+                        out = net(None if text_only else batch["pixels"], batch["input_ids"], batch["attention_mask"])
+                    ce_sum = F.cross_entropy(
+                        out.logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                        ignore_index=IGNORE_INDEX, reduction="sum",
+                    )
+                    # DDP averages gradients over processes; scaling by world size turns that into a sum.
+                    loss = ce_sum * (info.world_size / global_tokens)
+                    if routed:
+                        loss = loss + (mope.balance_weight * out.balance_loss + mope.z_weight * out.z_loss) / stage.grad_accum
+                    loss.backward()
+                sums[0] += ce_sum.item()
+                sums[1] += float(out.balance_loss.detach()) / stage.grad_accum
+                sums[2] += float(out.z_loss.detach()) / stage.grad_accum
+                sums[3] += float(batch["attention_mask"].sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip if stage.grad_clip > 0 else math.inf)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+
+            ce_sum, balance, z, tokens = D.all_reduce_sum(sums, info)
+            ce = ce_sum / global_tokens
+            balance, z = balance / info.world_size, z / info.world_size
+            elapsed = time.perf_counter() - t0
+            row = {
+                "step": self.global_step, "stage": stage.name, "stage_step": step + 1, "epoch": epoch,
+                "loss": ce + (mope.balance_weight * balance + mope.z_weight * z if routed else 0.0),
+                "ce": ce, "balance": balance, "z": z, "lr": lr, "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens / elapsed, "step_s": elapsed, "expert_rank": rank,
+            }
+            if routed:
+                row["expert_entropy"], counts = self._expert_load(expert_usage(model), info)
+                for layer, c in counts.items():
+                    load_sum[layer] = load_sum.get(layer, 0) + c
+            self.metrics.write(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+
+            last = step == total - 1
+            if position == steps_per_epoch - 1 or last:
+                val = self._validate(model, val_ex, stage.batch_size, text_only, autocast)
+                extra = {"expert_load": {str(k): (v / v.sum()).tolist() for k, v in sorted(load_sum.items())}} if load_sum else {}
+                self.metrics.write({"step": self.global_step, "stage": stage.name, "epoch": epoch, "val_loss": val, **extra})
+                summary["val_loss"] = val
+                model.train()
+            if not last and self.global_step % recipe.checkpoint_every == 0:
+                self._checkpoint(trainable, index, step + 1, True, optimizer, scheduler, rank_gen,
+                                 {"epoch": epoch, "position": position + 1, "perm_seed": perm_seed})
+        bar.close()
+        summary["final_loss"] = row["loss"] if total > start else summary.get("final_loss")
+        if info.is_main:
+            (self.out / "stages").mkdir(exist_ok=True)
+            save_tensors_atomic(dict(trainable), self._stage_product(index))
+        self._checkpoint({}, index + 1, 0, False, None, None, None, {})
+
+    def _expert_load(self, usage: dict[str, list[int]], info: D.DistInfo) -> tuple[list[float], dict[int, torch.Tensor]]:
+        """Mean normalised load entropy per decoder layer, and summed counts per layer (all processes)."""
+        names = sorted(usage)
+        flat = D.all_reduce_sum([c for n in names for c in usage[n]], info)
+        width = len(usage[names[0]])
+        by_layer: dict[int, list[list[float]]] = {}
+        for k, name in enumerate(names):
+            match = _LAYER.search(name)
+            by_layer.setdefault(int(match.group(1)) if match else -1, []).append(flat[k * width : (k + 1) * width])
+        entropy = [sum(load_entropy(c) for c in rows) / len(rows) for _, rows in sorted(by_layer.items())]
+        counts = {layer: torch.tensor(rows, dtype=torch.float64).sum(0) for layer, rows in by_layer.items()}
+        return entropy, counts
+
+    @torch.no_grad()
+    def _validate(self, model, examples: list[Example], batch_size: int, text_only: bool, autocast) -> float | None:
+        """Mean per-token loss over the validation examples, at full expert rank (sharded over processes)."""
+        from slava.model.mope import set_rank
+
+        if not examples:
+            return None
+        model.eval()
+        set_rank(model, None)
+        mine = examples[self.info.rank :: self.info.world_size]
+        ce_sum = tokens = 0.0
+        for i in range(0, len(mine), batch_size):
+            batch = collate(mine[i : i + batch_size], self.images, model.tokenizer.pad_id, model.image_size)
+            batch = {k: v.to(self.info.device) for k, v in batch.items()}
+            with autocast:
+                out = model(None if text_only else batch["pixels"], batch["input_ids"], batch["attention_mask"])
+            labels = batch["labels"][:, 1:]
+            ce_sum += F.cross_entropy(
+                out.logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            ).item()
+            tokens += float((labels != IGNORE_INDEX).sum())
+        ce_sum, tokens = D.all_reduce_sum([ce_sum, tokens], self.info)
+        return ce_sum / max(tokens, 1.0)
+
+    def _checkpoint(self, weights, stage_index, stage_step, in_stage, optimizer, scheduler, rank_gen, order) -> None:
+        """Write a checkpoint from the main process (every process holds identical state)."""
+        if not self.info.is_main:
+            return
+        rng_tensors, rng_plain = capture_rng({"rank": rank_gen} if rank_gen is not None else None)
+        state = {"rng": rng_tensors}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+            state["scheduler"] = scheduler.state_dict()
+        meta = {
+            "global_step": self.global_step,
+            "completed_stages": stage_index,
+            "stage": self.recipe.stages[stage_index].name if stage_index < len(self.recipe.stages) else None,
+            "stage_step": stage_step,
+            "in_stage": in_stage,
+            "data_order": order,
+            "rng": rng_plain,
+            "recipe_hash": _recipe_hash(self.recipe),
+            "world_size": self.info.world_size,
+            "stage_summaries": self.stage_summaries,
+            "time": time.time(),
+        }
+        self.ckpts.save(weights, state, meta)
+
+    # -- end ---------------------------------------------------------------------
+
+    def _finish(self, model) -> dict:
+        from slava.train.plots import plot_run
+
+        summary = {
+            "global_steps": self.global_step,
+            "time_s": round(time.time() - self.started, 1),
+            "world_size": self.info.world_size,
+            "records": {
+                "train": len(self.train_records), "val": len(self.val_records),
+                "test_excluded": self.n_test, "invalid_lines": self.n_invalid,
+            },
+            "stages": self.stage_summaries,
+            **_peak_memory_mb(self.info.device),
+            "labels": label_vocabulary(self.train_records),
+        }
+        if self.info.is_main:
+            model.save(self.out)
+            write_text_atomic(self.out / "train_summary.json", json.dumps(summary, indent=1) + "\n")
+            write_text_atomic(self.out / "train_records.json", json.dumps(summary["labels"], indent=1) + "\n")
+            plot_run(self.out)
+        D.barrier(self.info)
+        return summary
+
+
+def train(
+    recipe: Recipe, data: str | Path, out: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True
+) -> dict:
+    """Run ``recipe`` on the records in ``data`` into the run directory ``out``.
+
+    ``resume`` continues from the latest checkpoint (the losses then match an
+    uninterrupted run); ``max_steps`` caps every stage (for smoke tests). Under
+    ``torchrun`` every process calls this; the main one writes the files.
+    """
+    info = D.init_distributed()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    try:
+        return Trainer(recipe, Path(data), Path(out), info, max_steps, progress).run(resume)
+    finally:
+        D.shutdown(info)

@@ -1,0 +1,48 @@
+from slava.data.chat import IGNORE_INDEX, encode, render_text
+
+
+class CharTokenizer:
+    """One id per character: enough to check segment boundaries and masks exactly."""
+
+    eos_id = 1
+    image_id = 2
+    bos_id = 0
+
+    def encode(self, text):
+        return [10 + ord(c) for c in text]
+
+
+CONV = [
+    {"from": "human", "value": "<image>\nHow many particles?"},
+    {"from": "gpt", "value": "12 particles."},
+    {"from": "human", "value": "Mean size?"},
+    {"from": "gpt", "value": "40 nm."},
+]
+
+
+def test_golden_rendering():
+    expected = (
+        "A chat between a materials scientist and sLAVA, an assistant that reads electron "
+        "micrographs. sLAVA answers precisely and gives sizes in nm.\n\n"
+        "USER: <image>\nHow many particles?\nASSISTANT: 12 particles.</s>\n"
+        "USER: Mean size?\nASSISTANT: 40 nm.</s>"
+    )
+    assert render_text(CONV) == expected
+
+
+def test_labels_cover_exactly_answers_and_eos():
+    tok = CharTokenizer()
+    ids, labels = encode(CONV, tok, num_image_tokens=3)
+    assert ids[0] == tok.bos_id
+    assert ids.count(tok.image_id) == 3
+    trained = "".join(chr(i - 10) if i >= 10 else "|" for i, l in zip(ids, labels) if l != IGNORE_INDEX)
+    assert trained == " 12 particles.| 40 nm.|"
+    assert all(l == i for i, l in zip(ids, labels) if l != IGNORE_INDEX)
+
+
+def test_generation_prompt_ends_on_assistant_cue():
+    tok = CharTokenizer()
+    ids, labels = encode(CONV[:1], tok, num_image_tokens=1, add_generation_prompt=True)
+    text = "".join(chr(i - 10) for i in ids if i >= 10)
+    assert text.endswith("\nASSISTANT:")
+    assert set(labels) == {IGNORE_INDEX}
