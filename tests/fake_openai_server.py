@@ -162,7 +162,7 @@ class FakeOpenAIServer:
             return ok
 
         def refused() -> JSONResponse:
-            error = {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}
+            error = {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}
             return JSONResponse({"error": error}, status_code=401)
 
         @app.get("/v1/models")

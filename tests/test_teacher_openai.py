@@ -76,7 +76,8 @@ def test_endpoint_comes_from_config_then_environment():
     assert resolve_endpoint(OpenAITeacherConfig(), env) == resolve_endpoint(
         OpenAITeacherConfig(base_url="http://a/v1", model="m"), {"OPENAI_API_KEY": "o"}
     )
-    ep = resolve_endpoint(OpenAITeacherConfig(), {**env, "SLAVA_TEACHER_BASE_URL": "http://b/v1", "SLAVA_TEACHER_API_KEY": "s"})
+    env = {**env, "SLAVA_TEACHER_BASE_URL": "http://b/v1", "SLAVA_TEACHER_API_KEY": "s"}
+    ep = resolve_endpoint(OpenAITeacherConfig(), env)
     assert (ep.url, ep.model, ep.api_key) == ("http://b/v1/chat/completions", "m", "s")
     ep = resolve_endpoint(OpenAITeacherConfig(model="x", api_key_env="MY_KEY"), {"MY_KEY": "k", "OPENAI_API_KEY": "o"})
     assert (ep.url, ep.api_key) == ("https://api.openai.com/v1/chat/completions", "k")
@@ -101,7 +102,8 @@ def test_retry_after_reads_seconds_and_http_dates():
         ({"qa": [{"family": "size", "question": "q", "answer": ""}]}, "answer"),
         ({"measurements": {"feature": "particles", "count": -1, "mean_size_nm": 3}}, "below zero"),
         ({"measurements": {"feature": "particles", "count": 2.5, "mean_size_nm": 3}}, "not an integer"),
-        ({"measurements": {"feature": "particles", "count": 10**9, "mean_size_nm": 3}}, "exceeds the pixels"),
+        ({"measurements": {"feature": "particles", "count": 10**30, "mean_size_nm": 3}}, "exceeds the pixels"),
+        ({"measurements": {"feature": "particles", "count": float("inf"), "mean_size_nm": 3}}, "not an integer"),
         ({"measurements": {"feature": "particles", "count": 3, "mean_size_nm": 0}}, "not positive"),
         ({"measurements": {"feature": "particles", "count": 3, "mean_size_nm": 500}}, "field width"),
         ({"measurements": {"feature": "blobs", "count": 3, "mean_size_nm": 5}}, "feature"),

@@ -81,7 +81,8 @@ def test_every_image_ends_once_in_records_or_rejects(tmp_path, server):
 
     done = _images(out, tmp_path / "data")
     rejects = _rejects(out.parent / "rejects.jsonl")
-    rejected = Counter(str((out.parent / r["image"]).resolve().relative_to((tmp_path / "data").resolve())) for r in rejects)
+    root = (tmp_path / "data").resolve()
+    rejected = Counter(str((out.parent / r["image"]).resolve().relative_to(root)) for r in rejects)
     assert max(done.values()) == 1 and max(rejected.values()) == 1
     assert set(done) | set(rejected) == set(widths) | {"particles/broken.png"}
     assert not set(done) & set(rejected)

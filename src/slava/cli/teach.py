@@ -25,11 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=_csv, default=None, help="comma list of caption,vqa,classify,measure (default all)")
     p.add_argument("--per-image", type=int, default=3, help="questions per image (default 3)")
     p.add_argument("--no-label-leak", action="store_true", help="never reveal the class outside classify records")
-    p.add_argument("--labels", type=_csv, default=None, help="class labels for classify (openai default: from the data; analytic: the synthetic classes)")
+    p.add_argument(
+        "--labels",
+        type=_csv,
+        default=None,
+        help="class labels for classify (openai default: from the data; analytic: the synthetic classes)",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight (default 4)")
     p.add_argument("--max-tokens", type=int, default=None, help="openai: stop after this many tokens in total")
     p.add_argument("--model", default=None, help="openai: model (default $SLAVA_TEACHER_MODEL)")
-    p.add_argument("--base-url", default=None, help="openai: server root ending in /v1 (default $SLAVA_TEACHER_BASE_URL)")
+    p.add_argument("--base-url", default=None, help="openai: server root ending in /v1 (default: environment)")
     p.add_argument("--timeout", type=float, default=120.0, help="openai: seconds per request (default 120)")
     p.add_argument("--workers", type=int, default=None, help="analytic: processes (default: auto)")
     p.add_argument("--seed", type=int, default=0)

@@ -18,10 +18,11 @@ import email.utils
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import httpx
@@ -164,7 +165,9 @@ def _nonempty(value: Any) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def validate_answer(
@@ -225,7 +228,7 @@ def validate_answer(
         if feature not in (*FEATURE_KINDS, "none"):
             return None, f"measurements.feature {feature!r} is not one of {[*FEATURE_KINDS, 'none']}"
         if count is not None:
-            if not _number(count) or float(count) != int(count):
+            if not _number(count) or (isinstance(count, float) and not count.is_integer()):
                 return None, f"measurements.count {count!r} is not an integer"
             count = int(count)
             if count < 0:
@@ -239,7 +242,8 @@ def validate_answer(
                 return None, f"measurements.mean_size_nm {size} is not positive"
             if field_width_nm is not None and size > field_width_nm:
                 return None, f"measurements.mean_size_nm {size} exceeds the field width {field_width_nm:.4g} nm"
-        out["measurements"] = {"feature": feature, "count": count, "mean_size_nm": None if size is None else float(size)}
+        size = None if size is None else float(size)
+        out["measurements"] = {"feature": feature, "count": count, "mean_size_nm": size}
     return out, None
 
 
@@ -358,7 +362,8 @@ class OpenAITeacher:
         h, w = micrograph.pixels.shape[:2]
         about = f"The image is an electron micrograph, {w}×{h} px"
         if micrograph.pixel_size_nm:
-            about += f", {micrograph.pixel_size_nm:.4g} nm per pixel (field width {w * micrograph.pixel_size_nm:.4g} nm)"
+            nm = micrograph.pixel_size_nm
+            about += f", {nm:.4g} nm per pixel (field width {w * nm:.4g} nm)"
         lines.append(about + ".")
         if entry.label and not self.no_label_leak:
             lines.append(f"The sample is known to be: {entry.label}.")
@@ -431,7 +436,8 @@ class OpenAITeacher:
                     {"role": "assistant", "content": content or ""},
                     {
                         "role": "user",
-                        "content": f"That answer is invalid: {reason}. Reply again with only the corrected JSON object.",
+                        "content": f"That answer is invalid: {reason}. "
+                        "Reply again with only the corrected JSON object.",
                     },
                 ]
         raw = (content or "")[:_MAX_RAW_CHARS]

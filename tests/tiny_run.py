@@ -1,0 +1,80 @@
+"""A tiny but real trained run for the assistant, server and eval tests.
+
+``make_tiny_run(root)`` writes a small synthetic set (three classes), teaches
+it with the analytic teacher, and trains a tiny student through the real
+``slava.train`` API, so the result is a run directory like any other. The
+run is memoised in ``root`` (a marker file is written last), so a session
+fixture builds it once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_CLASSES = ("particles", "fibres", "porous_sponges")
+"""The synthetic classes the tiny run is trained on."""
+
+TINY_RECIPE = {
+    "seed": 0,
+    "bf16": False,
+    "checkpoint_every": 1000,
+    "keep_checkpoints": 1,
+    "threads": 1,
+    "num_workers": 1,
+    "max_len": 256,
+    "val_fraction": 0.0,
+    "model": {
+        "vision": {"kind": "vit", "image_size": 32, "vit_patch": 8, "vit_dim": 32, "vit_layers": 1, "vit_heads": 2},
+        "projector": {"pool": 2},
+        "lm": {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128, "vocab_size": 400, "max_len": 256},
+        "quant": {"bits": 8},
+        "mope": {"num_experts": 2, "top_k": 1, "r_max": 4, "min_rank": 2, "router_noise": 0.0},
+    },
+    "stages": [
+        {"name": "base", "epochs": 3, "batch_size": 16, "lr": {"lm": 5.0e-3}},
+        {"name": "align", "epochs": 1, "batch_size": 16, "tasks": ["caption"], "lr": {"projector": 2.0e-3}},
+        {"name": "instruct", "epochs": 3, "batch_size": 16, "lr": {"default": 3.0e-3}},
+    ],
+}
+"""Recipe of the tiny run: ViT 32 px → 4 image tokens, Llama of width 64 × 2 layers."""
+
+
+def make_tiny_data(root: Path, n: int = 60, size: int = 96) -> tuple[Path, Path]:
+    """A synthetic set of ``n`` images and its analytic-teacher records; returns (set dir, records.jsonl)."""
+    from slava.synth import write_dataset
+    from slava.teacher.analytic import AnalyticTeacher
+    from slava.teacher.runner import run_teacher
+
+    images = root / "images"
+    records = root / "records.jsonl"
+    if not (images / "ground_truth.jsonl").is_file():
+        write_dataset(images, n, size=size, seed=0, classes=TINY_CLASSES, workers=1, overwrite=True)
+    if not records.is_file():
+        teacher = AnalyticTeacher(tasks=("caption", "classify", "measure", "vqa"), per_image=1, labels=TINY_CLASSES)
+        run_teacher(images, records, teacher, workers=1, progress=False)
+    return images, records
+
+
+def make_tiny_run(root: str | Path) -> Path:
+    """Build (or reuse) the tiny run under ``root``; returns the run directory."""
+    from slava.config import from_dict
+    from slava.train.recipe import Recipe, validate_recipe
+    from slava.train.trainer import train
+
+    root = Path(root)
+    run = root / "run"
+    done = root / "tiny_run.done"
+    if done.is_file():
+        return run
+    root.mkdir(parents=True, exist_ok=True)
+    _, records = make_tiny_data(root)
+    recipe = from_dict(Recipe, json.loads(json.dumps(TINY_RECIPE)))
+    validate_recipe(recipe)
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    train(recipe, records, run, progress=False)
+    done.write_text("ok\n")
+    return run
