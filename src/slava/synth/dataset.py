@@ -26,12 +26,13 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def _job(args):
-    index, cls, seed, size, shift = args
+    index, cls, seed, size, shift, n_classes = args
     s = image_seed(seed, index)
     image, truth = generate(cls, s, size=size, shift=shift)
     ident = f"{cls}-{index:06d}"
     truth = {"id": ident, "path": f"{cls}/{ident}.png", **truth}
-    return truth, png_bytes(image), image if index < 4 * len(CLASSES) * 4 else None
+    # Only the first images of each class travel back for the contact sheet.
+    return truth, png_bytes(image), image if index < 4 * n_classes else None
 
 
 def make_splits(truths: list[dict], seed: int) -> dict[str, list[str]]:
@@ -56,7 +57,7 @@ def make_splits(truths: list[dict], seed: int) -> dict[str, list[str]]:
 def contact_sheet(samples: dict[str, list[np.ndarray]], thumb: int = 128) -> Image.Image:
     """A grid with one row per class (label on the left) and a few thumbnails per row."""
     cols = max((len(v) for v in samples.values()), default=1)
-    label_w = 190
+    label_w = 240
     font = ImageFont.load_default(size=14)
     sheet = Image.new("L", (label_w + cols * (thumb + 4), len(samples) * (thumb + 4) + 4), 255)
     draw = ImageDraw.Draw(sheet)
@@ -126,7 +127,7 @@ def write_dataset(
     _prepare_out(out, overwrite)
     for c in classes:
         (out / c).mkdir(exist_ok=True)
-    jobs = [(i, classes[i % len(classes)], int(seed), int(size), shift) for i in range(int(n))]
+    jobs = [(i, classes[i % len(classes)], int(seed), int(size), shift, len(classes)) for i in range(int(n))]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     samples: dict[str, list[np.ndarray]] = {c: [] for c in classes}
     truths = []

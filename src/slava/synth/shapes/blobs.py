@@ -133,7 +133,7 @@ def powders(rng: np.random.Generator, h: int, w: int, px: float) -> Scene:
     r_med = d_med_nm / px / 2
     n_clusters = int(rng.integers(1, 6))
     centres = rng.uniform([0, 0], [w, h], (n_clusters, 2))
-    coverage = rng.uniform(0.5, 1.3)
+    coverage = rng.uniform(1.0, 2.5)
     n = int(min(_MAX_OBJECTS, coverage * h * w / (np.pi * r_med**2 * np.exp(2 * spread**2)) + 3))
     height = substrate(rng, (h, w), rng.uniform(0.3, 1.5)) - 2.0
     labels = np.zeros((h, w), np.int32)
@@ -141,7 +141,7 @@ def powders(rng: np.random.Generator, h: int, w: int, px: float) -> Scene:
     for i in range(1, n + 1):
         r = float(np.clip(r_med * np.exp(spread * rng.standard_normal()), 2.0, min(h, w) / 2.5))
         c = centres[rng.integers(n_clusters)]
-        spread_px = rng.uniform(0.15, 0.45) * max(h, w)
+        spread_px = rng.uniform(0.1, 0.3) * max(h, w)
         x, y = c + spread_px * rng.standard_normal(2)
         z, foot, ext = _grain_patch(rng, r, rng.uniform(0.75, 1.35))
         z = z + rng.uniform(0, 1.0) * r  # grains rest on each other at different levels

@@ -1,0 +1,347 @@
+"""The inference API: ask, chat, caption, classify and measure one micrograph.
+
+Every prompt goes through ``slava.data.chat`` with the generation cue, so the
+model sees at inference the bytes it saw in training. Zero-shot
+classification scores each label's answer text as the continuation of the one
+classification prompt; few-shot uses support images as prototypes or as
+earlier turns of the chat. Counting and size questions are answered by the
+measurement toolkit, not by the model (``grounding``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from slava.assistant.fewshot import SupportError, load_support, prototype_probs, prototypes
+from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
+from slava.assistant.images import ImageInput, model_pixels, to_micrograph
+from slava.data.chat import IMAGE_TOKEN, encode, user_turn
+from slava.errors import SlavaError
+from slava.io import Micrograph
+from slava.measure import KINDS, Measurements, measure
+from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
+
+MODES = ("prototype", "in_context")
+"""Few-shot modes of ``Assistant.classify``."""
+
+_ROWS_PER_FORWARD = 256
+"""Sequences per scoring forward: bounds memory when many images × labels are scored together."""
+
+
+class AssistantError(SlavaError):
+    """A request the assistant cannot serve (no run, no labels, bad mode)."""
+
+
+@dataclass
+class Answer:
+    """A reply: ``source`` "model" (generated) or "measurement" (stated by the toolkit)."""
+
+    text: str
+    tokens: int
+    latency_s: float
+    source: str = "model"
+    numbers: dict = field(default_factory=dict)
+    measurements: dict | None = None
+    finish_reason: str = "stop"
+    """"stop" (end of sequence, or a measurement) or "length" (``max_new_tokens`` reached)."""
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+@dataclass
+class Classification:
+    """Labels ranked by probability (summing to 1) and how they were obtained."""
+
+    ranked: list[tuple[str, float]]
+    mode: str
+    latency_s: float
+
+    @property
+    def label(self) -> str:
+        """The most probable label."""
+        return self.ranked[0][0]
+
+    @property
+    def probability(self) -> float:
+        """Probability of the most probable label."""
+        return self.ranked[0][1]
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON (``ranked`` as ``[{label, probability}]``)."""
+        return {
+            "label": self.label, "probability": self.probability, "mode": self.mode, "latency_s": self.latency_s,
+            "ranked": [{"label": lab, "probability": p} for lab, p in self.ranked],
+        }
+
+
+def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: float) -> Classification:
+    order = probs.argsort(descending=True).tolist()
+    return Classification([(labels[i], float(probs[i])) for i in order], mode, latency)
+
+
+def trained_labels(run_dir: str | Path) -> list[str]:
+    """Class labels a run was trained on (``meta.class`` values of its records), sorted; [] if unknown."""
+    run_dir = Path(run_dir)
+    for name in ("train_summary.json", "train_records.json"):
+        path = run_dir / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get("labels", data)
+            classes = data.get("meta_classes") or {}
+            if classes:
+                return sorted(classes)
+    return []
+
+
+class Assistant:
+    """A trained student ready to answer; build it with ``Assistant.load(run_dir)``."""
+
+    def __init__(self, model, labels: Sequence[str] = (), device: str = "cpu", run_dir: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self.labels = list(labels)
+        self.device = torch.device(device)
+        self.run_dir = run_dir
+        self._prefix_cache: tuple | None = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None) -> "Assistant":
+        """Load a run directory (``slava train --out``); ``rank`` runs the experts at that rank (r_max when None)."""
+        from slava.model.mope import set_rank
+        from slava.model.vlm import SlavaModel
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one with `slava train` or pass --run")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = SlavaModel.load(run_dir).to(device)
+        try:
+            set_rank(model.lm, rank)
+        except ValueError as exc:
+            raise AssistantError(str(exc)) from exc
+        return cls(model, trained_labels(run_dir), device, str(run_dir))
+
+    # -- images -----------------------------------------------------------------
+
+    def prepare(self, image: ImageInput, pixel_size_nm: float | None = None) -> Micrograph:
+        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped)."""
+        return to_micrograph(image, pixel_size_nm)
+
+    def pixels(self, micrographs: Sequence[Micrograph]) -> torch.Tensor:
+        """Model input [B,1,S,S] for micrographs, on the assistant's device."""
+        return model_pixels(list(micrographs), self.model.image_size).to(self.device)
+
+    def _prompt(self, turns: Sequence[dict]) -> list[int]:
+        ids, _ = encode(turns, self.tokenizer, self.model.num_image_tokens, add_generation_prompt=True)
+        return ids
+
+    # -- answers ----------------------------------------------------------------
+
+    def ask(self, image: ImageInput, question: str, max_new_tokens: int = 128, strategy: str = "greedy") -> Answer:
+        """Answer one question about ``image``; counting and size questions are measured."""
+        return self.chat(image, [user_turn(question)], max_new_tokens=max_new_tokens, strategy=strategy)
+
+    def chat(self, image: ImageInput, turns: Sequence[dict], max_new_tokens: int = 128, strategy: str = "greedy") -> Answer:
+        """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``."""
+        start = time.perf_counter()
+        turns = [dict(t) for t in turns]
+        if not turns or turns[-1].get("from") != "human":
+            raise AssistantError("the conversation must end with a human turn")
+        if not any(IMAGE_TOKEN in str(t.get("value", "")) for t in turns):
+            turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
+        micrograph = self.prepare(image)
+        question = str(turns[-1]["value"]).replace(IMAGE_TOKEN, "").strip()
+        kind = grounded_kind(question)
+        if kind is not None:
+            return self._grounded(micrograph, kind, start)
+        prompt = self._prompt(turns)
+        with torch.inference_mode():
+            out = self.model.generate(self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy)[0]
+        return Answer(
+            text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
+            finish_reason="length" if len(out) >= max_new_tokens else "stop",
+        )
+
+    def _grounded(self, micrograph: Micrograph, kind: str, start: float) -> Answer:
+        needs = KIND_NEEDS[kind]
+        m = measure(micrograph, kinds=(needs,) if needs else ())
+        text, numbers = grounded_answer(kind, m)
+        return Answer(text, 0, time.perf_counter() - start, "measurement", numbers, m.to_dict())
+
+    def caption(self, image: ImageInput, max_new_tokens: int = 128, strategy: str = "greedy") -> Answer:
+        """A detailed description of ``image`` (always from the model)."""
+        start = time.perf_counter()
+        micrograph = self.prepare(image)
+        with torch.inference_mode():
+            out = self.model.generate(
+                self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])], max_new_tokens=max_new_tokens,
+                strategy=strategy,
+            )[0]
+        return Answer(
+            text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
+            finish_reason="length" if len(out) >= max_new_tokens else "stop",
+        )
+
+    def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS) -> Measurements:
+        """Classical measurements of ``image`` (nm where calibrated, else px)."""
+        return measure(self.prepare(image, pixel_size_nm), kinds=tuple(kinds))
+
+    # -- classification ---------------------------------------------------------
+
+    def _labels(self, labels: Sequence[str] | None) -> list[str]:
+        labels = [str(label) for label in (labels or self.labels)]
+        if len(labels) < 2:
+            raise AssistantError("classification needs at least two labels (none were given and the run lists none)")
+        if len(set(labels)) != len(labels):
+            raise AssistantError(f"duplicate labels in {labels}")
+        return labels
+
+    def classify(
+        self,
+        image: ImageInput,
+        labels: Sequence[str] | None = None,
+        support: str | Path | Mapping[str, Sequence[ImageInput]] | None = None,
+        shots: int | None = None,
+        mode: str = "prototype",
+    ) -> Classification:
+        """Rank ``labels`` for ``image``: zero-shot, or few-shot from ``support`` by ``mode``.
+
+        ``support`` is an ImageFolder directory or ``{label: [images]}``; ``shots``
+        caps the images used per class. Without ``labels`` the support set's
+        classes (few-shot) or the run's trained classes (zero-shot) are used.
+        """
+        start = time.perf_counter()
+        micrograph = self.prepare(image)
+        if support is None:
+            result = self.classify_pixels(self.pixels([micrograph]), self._labels(labels))[0]
+        elif mode == "prototype":
+            result = self._prototype(micrograph, load_support(support, labels, shots))
+        elif mode == "in_context":
+            result = self._in_context(micrograph, load_support(support, labels, shots))
+        else:
+            raise AssistantError(f"unknown few-shot mode {mode!r} (one of {', '.join(MODES)})")
+        result.latency_s = time.perf_counter() - start
+        return result
+
+    def classify_batch(self, images: Sequence[ImageInput], labels: Sequence[str] | None = None) -> list[Classification]:
+        """Zero-shot classification of many images with batched vision encoding and scoring."""
+        start = time.perf_counter()
+        micrographs = [self.prepare(im) for im in images]
+        results = self.classify_pixels(self.pixels(micrographs), self._labels(labels))
+        each = (time.perf_counter() - start) / max(len(results), 1)
+        for r in results:
+            r.latency_s = each
+        return results
+
+    def classify_pixels(self, pixels: torch.Tensor, labels: Sequence[str]) -> list[Classification]:
+        """Zero-shot classification of model inputs [B,1,S,S] (the batched path screening uses)."""
+        start = time.perf_counter()
+        labels = list(labels)
+        prompt = self._prompt([user_turn(classify_prompt(labels))])
+        answers = [self.tokenizer.encode(f" {classify_answer(label)}") + [self.tokenizer.eos_id] for label in labels]
+        with torch.inference_mode():
+            embeds = self.model.encode_images(pixels.to(self.device))
+            scores = self._score(embeds, prompt, answers)
+        probs = F.softmax(scores, dim=-1)
+        each = (time.perf_counter() - start) / max(len(probs), 1)
+        return [_ranked(labels, p, "zero_shot", each) for p in probs]
+
+    def _prefix(self, prompt: list[int]) -> tuple[int, object]:
+        """Length and KV cache of the image-independent start of ``prompt`` (system text), computed once."""
+        first_image = prompt.index(self.tokenizer.image_id)
+        key = tuple(prompt[:first_image])
+        if self._prefix_cache is None or self._prefix_cache[0] != key:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.lm.config)
+            ids = torch.tensor([key], device=self.device)
+            self.model.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            self._prefix_cache = (key, cache)
+        return len(key), self._prefix_cache[1]
+
+    def _score(self, image_embeds: torch.Tensor, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
+        """Mean log-probability per token [B, L] of each continuation after each image's prompt.
+
+        The system text is run once and cached; each image's prompt runs once;
+        only the short continuations are repeated per label.
+        """
+        import copy
+
+        n_labels = len(continuations)
+        chunk = max(1, _ROWS_PER_FORWARD // n_labels)
+        return torch.cat([
+            self._score_chunk(image_embeds[i : i + chunk], prompt, continuations, copy) for i in range(0, len(image_embeds), chunk)
+        ])
+
+    def _score_chunk(self, image_embeds, prompt, continuations, copy) -> torch.Tensor:
+        lm, dev = self.model.lm, self.device
+        b, n_labels = image_embeds.shape[0], len(continuations)
+        n_prefix, prefix = self._prefix(prompt)
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(b)
+        rest = torch.tensor([prompt[n_prefix:]] * b, device=dev)
+        embeds = self.model.embed(rest, image_embeds)
+        total = len(prompt)
+        positions = torch.arange(n_prefix, total, device=dev).expand(b, -1)
+        mask = torch.ones((b, total), dtype=torch.long, device=dev)
+        last = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                  logits_to_keep=1).logits[:, -1].float()
+        cache.batch_repeat_interleave(n_labels)
+        width = max(len(c) for c in continuations)
+        ids = torch.full((n_labels, width), self.tokenizer.pad_id, dtype=torch.long, device=dev)
+        cont_mask = torch.zeros((n_labels, width), dtype=torch.long, device=dev)
+        for j, c in enumerate(continuations):
+            ids[j, : len(c)] = torch.tensor(c)
+            cont_mask[j, : len(c)] = 1
+        ids, cont_mask = ids.repeat(b, 1), cont_mask.repeat(b, 1)
+        mask = torch.cat([torch.ones((b * n_labels, total), dtype=torch.long, device=dev), cont_mask], dim=1)
+        positions = torch.arange(total, total + width, device=dev).expand(b * n_labels, -1)
+        logits = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits.float()
+        # Token 0 of each continuation is predicted by the prompt's last position, token t by continuation t-1.
+        logits = torch.cat([last.repeat_interleave(n_labels, dim=0)[:, None], logits[:, :-1]], dim=1)
+        logp = F.log_softmax(logits, dim=-1).gather(2, ids[:, :, None]).squeeze(2)
+        mean = (logp * cont_mask).sum(dim=1) / cont_mask.sum(dim=1)
+        return mean.view(b, n_labels)
+
+    def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
+        with torch.inference_mode():
+            per_class = {label: self.model.image_embedding(self.pixels(ms)) for label, ms in support.items()}
+            labels, protos = prototypes(per_class)
+            probs = prototype_probs(self.model.image_embedding(self.pixels([micrograph])), protos)[0]
+        return _ranked(labels, probs, "prototype", 0.0)
+
+    def _in_context(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
+        """Support images as earlier chat turns (interleaved across classes), then the query."""
+        labels = list(support)
+        question = classify_prompt(labels)
+        answers = [self.tokenizer.encode(f" {classify_answer(label)}") + [self.tokenizer.eos_id] for label in labels]
+        order = [(label, m) for k in range(max(len(v) for v in support.values())) for label in labels
+                 if k < len(support[label]) for m in [support[label][k]]]
+        limit = self.model.cfg.lm.max_len - max(len(a) for a in answers)
+        while True:
+            turns = []
+            for label, _ in order:
+                turns += [user_turn(question), {"from": "gpt", "value": classify_answer(label)}]
+            prompt = self._prompt(turns + [user_turn(question)])
+            if len(prompt) <= limit:
+                break
+            if len(order) <= len(labels):
+                raise SupportError(
+                    f"one support image per class does not fit the model's {self.model.cfg.lm.max_len}-token context; "
+                    "use mode='prototype'"
+                )
+            order = order[: len(order) - 1]
+        with torch.inference_mode():
+            embeds = self.model.encode_images(self.pixels([m for _, m in order] + [micrograph]))
+            embeds = embeds.reshape(1, -1, embeds.shape[-1])
+            probs = F.softmax(self._score(embeds, prompt, answers)[0], dim=-1)
+        return _ranked(labels, probs, "in_context", 0.0)

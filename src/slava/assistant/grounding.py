@@ -1,0 +1,167 @@
+"""Grounded answers: counting and size questions answered by the measurement toolkit.
+
+A small student guesses numbers; classical image analysis measures them. A
+question is grounded when ``slava.teacher.prompts.measure_kind`` knows its
+exact wording, or when its words ask for a count or a size of something the
+toolkit measures (particles, fibres, pores, a pattern's pitch, the field).
+The answer states the measured numbers in nm, or in px without calibration.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from slava.measure.record import Measurements
+from slava.teacher.prompts import measure_kind
+
+GROUNDED_KINDS = (
+    "particle_count", "mean_diameter", "coverage", "fibre_count", "mean_width", "orientation",
+    "pore_fraction", "mean_pore_size", "ligament_width", "pitch", "pixel_size", "field_width",
+)
+"""The ``measure_kind``s the toolkit answers; other kinds (apex radius, gap…) stay with the model."""
+
+_FIBRE = r"fib(?:re|er)s?|wires?|nanowires?|tubes?|strands?|rods?"
+_PORE = r"pores?|holes?|voids?|openings?"
+_PARTICLE = r"particles?|grains?|dots?|spheres?|blobs?|objects?|features?|islands?|cells?"
+_RULES: tuple[tuple[str, str], ...] = (
+    (r"pixel size", "pixel_size"),
+    (r"field of view|field width|(?:image|field) (?:is )?wide", "field_width"),
+    (r"porosity|pore (?:area )?fraction|fraction .*pores?", "pore_fraction"),
+    (r"ligament|strut", "ligament_width"),
+    (r"coverage|fraction .*cover|area .*covered", "coverage"),
+    (r"pitch|period", "pitch"),
+    (r"orientation|oriented|aligned|direction", "orientation"),
+    (rf"how many (?:\w+ )*?(?:{_FIBRE})\b|count (?:\w+ )*?(?:{_FIBRE})\b|number of (?:{_FIBRE})\b", "fibre_count"),
+    (rf"how many (?:\w+ )*?(?:{_PORE})\b|count (?:\w+ )*?(?:{_PORE})\b|number of (?:{_PORE})\b", "pore_count"),
+    (r"how many|\bcount\b|number of", "particle_count"),
+    (rf"(?:{_PORE}).*(?:size|diameter|large|big|wide)|(?:size|diameter) of (?:the )?(?:{_PORE})", "mean_pore_size"),
+    (rf"(?:{_FIBRE}).*(?:width|wide|thick|diameter)|(?:width|thickness|diameter) of (?:the )?(?:{_FIBRE})", "mean_width"),
+    (rf"(?:{_PARTICLE}).*(?:diameter|size|large|big)|(?:diameter|size) of (?:the )?(?:{_PARTICLE})|mean diameter", "mean_diameter"),
+)
+_COMPILED = tuple((re.compile(p, re.I), kind) for p, kind in _RULES)
+
+
+def grounded_kind(question: str) -> str | None:
+    """The measurement that answers ``question``, or None when the model should answer it."""
+    kind = measure_kind(question)
+    if kind is not None:
+        return kind if kind in GROUNDED_KINDS else None
+    for pattern, found in _COMPILED:
+        if pattern.search(question):
+            return found
+    return None
+
+
+def _num(value: float, digits: int = 3) -> float:
+    """Round to ``digits`` significant figures, as a person would quote a measurement."""
+    if value == 0:
+        return 0.0
+    from math import floor, log10
+
+    return round(value, max(0, digits - 1 - int(floor(log10(abs(value))))))
+
+
+def _fmt(value: float) -> str:
+    v = _num(value)
+    return f"{int(v)}" if float(v).is_integer() else f"{v:g}"
+
+
+def _particles(m: Measurements, kind: str) -> tuple[str, dict] | None:
+    p = m.particles
+    if p is None:
+        return None
+    u = m.unit
+    if kind == "particle_count":
+        edge = f" ({p.border_count} more are cut by the image edge and not counted)" if p.border_count else ""
+        return f"I count {p.count} particles{edge}.", {"particle_count": p.count}
+    if kind == "coverage":
+        return (f"The particles cover {_fmt(100 * p.coverage)} % of the image area.",
+                {"coverage": _num(p.coverage)})
+    if p.mean_diameter is None:
+        return "No separate particles were found, so no particle diameter can be given.", {"particle_count": p.count}
+    spread = f", standard deviation {_fmt(p.std_diameter)} {u}" if p.std_diameter is not None else ""
+    return (f"The mean particle diameter is {_fmt(p.mean_diameter)} {u} (median {_fmt(p.median_diameter)} {u}"
+            f"{spread}, over {p.count} particles).",
+            {f"mean_diameter_{u}": _num(p.mean_diameter), "particle_count": p.count})
+
+
+def _fibres(m: Measurements, kind: str) -> tuple[str, dict] | None:
+    f = m.fibres
+    if f is None:
+        return None
+    if kind == "fibre_count":
+        return f"I count {f.count} fibres.", {"fibre_count": f.count}
+    if kind == "orientation":
+        if f.orientation_deg is None:
+            return "The fibres show no dominant orientation.", {}
+        return (f"The fibres run mostly at {_fmt(f.orientation_deg)}° from the horizontal"
+                f" (spread {_fmt(f.orientation_spread_deg or 0)}°).", {"orientation_deg": _num(f.orientation_deg)})
+    if f.mean_width is None:
+        return "No fibres were found, so no width can be given.", {"fibre_count": f.count}
+    return (f"The mean fibre width is {_fmt(f.mean_width)} {m.unit} (over {f.count} fibres).",
+            {f"mean_width_{m.unit}": _num(f.mean_width), "fibre_count": f.count})
+
+
+def _pores(m: Measurements, kind: str) -> tuple[str, dict] | None:
+    p = m.pores
+    if p is None:
+        return None
+    u = m.unit
+    if kind == "pore_fraction":
+        return f"Pores take up {_fmt(100 * p.pore_fraction)} % of the area.", {"pore_fraction": _num(p.pore_fraction)}
+    if kind == "pore_count":
+        return f"I count {p.count} pores.", {"pore_count": p.count}
+    if kind == "ligament_width":
+        if p.mean_ligament_width is None:
+            return "No ligaments between pores were found.", {}
+        return (f"The mean ligament width is {_fmt(p.mean_ligament_width)} {u}.",
+                {f"ligament_width_{u}": _num(p.mean_ligament_width)})
+    if p.mean_pore_size is None:
+        return "No pores were found, so no pore size can be given.", {"pore_count": p.count}
+    return (f"The mean pore size is {_fmt(p.mean_pore_size)} {u} (over {p.count} pores, "
+            f"pore fraction {_fmt(100 * p.pore_fraction)} %).",
+            {f"mean_pore_size_{u}": _num(p.mean_pore_size), "pore_fraction": _num(p.pore_fraction)})
+
+
+def _pitch(m: Measurements, kind: str) -> tuple[str, dict] | None:
+    p = m.periodicity
+    if p is None or p.pitch is None or p.strength < 0.2:
+        return "The image shows no clear periodic pattern, so no pitch can be given.", {}
+    return f"The pattern repeats with a pitch of {_fmt(p.pitch)} {m.unit}.", {f"pitch_{m.unit}": _num(p.pitch)}
+
+
+def _calibration(m: Measurements, kind: str) -> tuple[str, dict] | None:
+    if m.pixel_size_nm is None:
+        return ("The image carries no calibration (no pixel size in its metadata and no readable scale bar), "
+                f"so it is {m.width_px} px wide.", {"width_px": m.width_px})
+    if kind == "pixel_size":
+        return f"The pixel size is {_fmt(m.pixel_size_nm)} nm.", {"pixel_size_nm": _num(m.pixel_size_nm)}
+    return (f"The field of view is {_fmt(m.field_width)} nm wide ({m.width_px} px at {_fmt(m.pixel_size_nm)} nm/px).",
+            {"field_width_nm": _num(m.field_width)})
+
+
+_ANSWER: dict[str, Callable[[Measurements, str], tuple[str, dict] | None]] = {
+    "particle_count": _particles, "mean_diameter": _particles, "coverage": _particles,
+    "fibre_count": _fibres, "mean_width": _fibres, "orientation": _fibres,
+    "pore_fraction": _pores, "pore_count": _pores, "mean_pore_size": _pores, "ligament_width": _pores,
+    "pitch": _pitch, "pixel_size": _calibration, "field_width": _calibration,
+}
+KIND_NEEDS = {
+    "particle_count": "particles", "mean_diameter": "particles", "coverage": "particles",
+    "fibre_count": "fibres", "mean_width": "fibres", "orientation": "fibres",
+    "pore_fraction": "pores", "pore_count": "pores", "mean_pore_size": "pores", "ligament_width": "pores",
+    "pitch": "periodicity", "pixel_size": None, "field_width": None,
+}
+"""The ``slava.measure`` kind each grounded question needs (None: calibration only)."""
+
+
+def grounded_answer(kind: str, m: Measurements) -> tuple[str, dict]:
+    """The sentence stating the measurement for ``kind`` and the numbers it states."""
+    found = _ANSWER[kind](m, kind)
+    if found is None:
+        raise ValueError(f"the measurements hold nothing for {kind!r}")
+    text, numbers = found
+    if m.unit == "px" and KIND_NEEDS[kind] is not None and any(k.endswith("_px") for k in numbers):
+        text += " The image carries no calibration, so sizes are in pixels."
+    return text, numbers
