@@ -8,9 +8,10 @@
    rank per token: k * r_max = 16 = the LoRA's rank. Variants are interleaved
    step by step so a busy neighbour slows them alike; medians are printed.
 2. Bytes of the stack's linear weights in fp32, int8, int4 and NF4.
-3. One 2048 x 2048 layer's forward over 1024 tokens under bf16 autocast:
-   dense bf16 (what caching a dequantized weight would cost) vs each format,
-   and each format's relative output error on Gaussian weights.
+3. One 2048 x 2048 layer over 1024 tokens under bf16 autocast, forward and
+   forward + backward: dense bf16 (what caching a dequantized weight would
+   give) vs each format, and each format's relative output error on
+   Gaussian weights.
 
 Run: .venv/bin/python bench/bench_mope.py
 """
@@ -144,21 +145,41 @@ def bench_layer() -> None:
     torch.manual_seed(0)
     lin = nn.Linear(2048, 2048, bias=False)
     nn.init.normal_(lin.weight, std=0.02)
-    x = torch.randn(1024, 2048).to(torch.bfloat16)
-    reference = lin(x.float())
+    x = torch.randn(1024, 2048)
+    reference = lin(x)
     dense = lin.weight.detach().to(torch.bfloat16)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        dense_ms = median_ms(lambda: F.linear(x, dense))
-        print("\n## One 2048x2048 layer, 1024 tokens, bf16 autocast forward (group 64)")
-        print(f"{'format':10s} {'ms':>7s} {'x bf16':>7s} {'dequant ms':>10s} {'rel. error':>10s}")
-        print(f"{'bf16 dense':10s} {dense_ms:7.1f} {1.0:7.2f} {'-':>10s} {'-':>10s}")
-        for name, kw in FORMATS.items():
-            q = QuantizedLinear(lin, group_size=64, **kw)
-            ms = median_ms(lambda: q(x))
-            deq = median_ms(lambda: q.dequantize(torch.bfloat16))
-            with torch.autocast("cpu", enabled=False):
-                err = ((q(x.float()) - reference).norm() / reference.norm()).item()
-            print(f"{name:10s} {ms:7.1f} {ms / dense_ms:7.2f} {deq:10.2f} {err:10.4f}")
+
+    def fwd_bwd(layer):
+        def run():
+            inp = x.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = layer(inp)
+            y.float().sum().backward()
+
+        return run
+
+    def fwd(layer):
+        def run():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                layer(x)
+
+        return run
+
+    def dense_layer(inp):
+        return F.linear(inp, dense)
+
+    dense_fwd, dense_fb = median_ms(fwd(dense_layer)), median_ms(fwd_bwd(dense_layer))
+    print("\n## One 2048x2048 layer, 1024 tokens, bf16 autocast (group 64)")
+    print("dense bf16 = a cached dequantized weight; x = ratio to it")
+    print(f"{'format':10s} {'fwd ms':>7s} {'x':>5s} {'fwd+bwd':>8s} {'x':>5s} {'dequant ms':>10s} {'rel. error':>10s}")
+    print(f"{'bf16 dense':10s} {dense_fwd:7.1f} {1:5.2f} {dense_fb:8.1f} {1:5.2f} {'-':>10s} {'-':>10s}")
+    for name, kw in FORMATS.items():
+        q = QuantizedLinear(lin, group_size=64, **kw)
+        f, fb = median_ms(fwd(q)), median_ms(fwd_bwd(q))
+        deq = median_ms(lambda: q.dequantize(torch.bfloat16))
+        with torch.no_grad():
+            err = ((q(x) - reference).norm() / reference.norm()).item()
+        print(f"{name:10s} {f:7.1f} {f / dense_fwd:5.2f} {fb:8.1f} {fb / dense_fb:5.2f} {deq:10.2f} {err:10.4f}")
 
 
 if __name__ == "__main__":

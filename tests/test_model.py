@@ -219,3 +219,18 @@ def test_base_stage_trains_whole_lm_then_refuses_after_quantization(tok):
     assert model.param_groups()["projector"] and not model.param_groups()["experts"]
     with pytest.raises(Exception, match="base stage"):
         model.prepare_stage("base")
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "vit"])
+def test_hf_tower_resizes_to_other_image_size(kind, tmp_path):
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    dims = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    model = Dinov2Model(Dinov2Config(**dims)) if kind == "dinov2" else ViTModel(ViTConfig(**dims))
+    model.save_pretrained(tmp_path)
+    tower = build_tower(VisionConfig(kind="hf", path=str(tmp_path), image_size=48, trainable_blocks=1))
+    assert tower(torch.rand(2, 1, 40, 40)).shape == (2, 36, 32)  # 6×6 patches, CLS dropped
+    tower.set_trainable(1)
+    assert {n.split(".")[-3] for n, p in tower.named_parameters() if p.requires_grad} <= {"1"} | {str(i) for i in range(9)}
+    assert any(p.requires_grad for p in tower.blocks[-1].parameters())
+    assert not any(p.requires_grad for p in tower.blocks[0].parameters())

@@ -82,6 +82,18 @@ def test_gradient_reaches_input_and_buffers_never_change(bits):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
+def test_backward_keeps_no_dequantized_weight(bits):
+    q = QuantizedLinear(gaussian_linear(256, 512, bias=False), bits=bits)
+    x = torch.randn(2, 256, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y = q(x)
+    assert sum(saved) < 512 * 256  # a dequantized weight would be 512 * 256 values
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, q.dequantize().sum(0).expand(2, -1))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 def test_bf16_autocast_forward_backward(bits):
     lin = gaussian_linear(64, 32)
     q = QuantizedLinear(lin, bits=bits, group_size=32)

@@ -22,25 +22,25 @@ TINY_RECIPE = {
     "keep_checkpoints": 1,
     "threads": 1,
     "num_workers": 1,
-    "max_len": 256,
+    "max_len": 512,
     "val_fraction": 0.0,
     "model": {
         "vision": {"kind": "vit", "image_size": 32, "vit_patch": 8, "vit_dim": 32, "vit_layers": 1, "vit_heads": 2},
         "projector": {"pool": 2},
-        "lm": {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128, "vocab_size": 400, "max_len": 256},
+        "lm": {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128, "vocab_size": 400, "max_len": 512},
         "quant": {"bits": 8},
         "mope": {"num_experts": 2, "top_k": 1, "r_max": 4, "min_rank": 2, "router_noise": 0.0},
     },
     "stages": [
-        {"name": "base", "epochs": 3, "batch_size": 16, "lr": {"lm": 5.0e-3}},
+        {"name": "base", "epochs": 4, "batch_size": 16, "lr": {"lm": 5.0e-3}},
         {"name": "align", "epochs": 1, "batch_size": 16, "tasks": ["caption"], "lr": {"projector": 2.0e-3}},
-        {"name": "instruct", "epochs": 3, "batch_size": 16, "lr": {"default": 3.0e-3}},
+        {"name": "instruct", "epochs": 4, "batch_size": 16, "lr": {"default": 3.0e-3}},
     ],
 }
 """Recipe of the tiny run: ViT 32 px → 4 image tokens, Llama of width 64 × 2 layers."""
 
 
-def make_tiny_data(root: Path, n: int = 60, size: int = 96) -> tuple[Path, Path]:
+def make_tiny_data(root: Path, n: int = 45, size: int = 64) -> tuple[Path, Path]:
     """A synthetic set of ``n`` images and its analytic-teacher records; returns (set dir, records.jsonl)."""
     from slava.synth import write_dataset
     from slava.teacher.analytic import AnalyticTeacher
@@ -51,7 +51,7 @@ def make_tiny_data(root: Path, n: int = 60, size: int = 96) -> tuple[Path, Path]
     if not (images / "ground_truth.jsonl").is_file():
         write_dataset(images, n, size=size, seed=0, classes=TINY_CLASSES, workers=1, overwrite=True)
     if not records.is_file():
-        teacher = AnalyticTeacher(tasks=("caption", "classify", "measure", "vqa"), per_image=1, labels=TINY_CLASSES)
+        teacher = AnalyticTeacher(tasks=("caption", "classify", "measure"), per_image=0, labels=TINY_CLASSES)
         run_teacher(images, records, teacher, workers=1, progress=False)
     return images, records
 
@@ -78,3 +78,14 @@ def make_tiny_run(root: str | Path) -> Path:
     train(recipe, records, run, progress=False)
     done.write_text("ok\n")
     return run
+
+
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """The session's tiny run, built once per pytest session whichever test module asks first."""
+    return make_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+
+
+def tiny_images(run: Path) -> dict[str, list[Path]]:
+    """The tiny run's synthetic images by class (sorted)."""
+    images = run.parent / "images"
+    return {c: sorted((images / c).glob("*.png")) for c in TINY_CLASSES}

@@ -10,6 +10,7 @@ measurement toolkit, not by the model (``grounding``).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -274,15 +275,13 @@ class Assistant:
         The system text is run once and cached; each image's prompt runs once;
         only the short continuations are repeated per label.
         """
-        import copy
-
         n_labels = len(continuations)
         chunk = max(1, _ROWS_PER_FORWARD // n_labels)
         return torch.cat([
-            self._score_chunk(image_embeds[i : i + chunk], prompt, continuations, copy) for i in range(0, len(image_embeds), chunk)
+            self._score_chunk(image_embeds[i : i + chunk], prompt, continuations) for i in range(0, len(image_embeds), chunk)
         ])
 
-    def _score_chunk(self, image_embeds, prompt, continuations, copy) -> torch.Tensor:
+    def _score_chunk(self, image_embeds: torch.Tensor, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
         lm, dev = self.model.lm, self.device
         b, n_labels = image_embeds.shape[0], len(continuations)
         n_prefix, prefix = self._prefix(prompt)

@@ -88,55 +88,75 @@ def count_fibres(skeleton: np.ndarray, spur_length: float) -> tuple[int, int, np
             i = parent[i]
         return i
 
-    reach = max(4.0, spur_length)
-    pad = int(reach) + 2
-    for j, box in enumerate(ndi.find_objects(junctions), start=1):
-        r0, c0 = max(box[0].start - pad, 0), max(box[1].start - pad, 0)
-        local_j = junctions[r0 : box[0].stop + pad, c0 : box[1].stop + pad] == j
-        local = segments[r0 : box[0].stop + pad, c0 : box[1].stop + pad]
-        touching = ndi.binary_dilation(local_j, structure=_EIGHT) & (local > 0)
-        directions = {}
-        for s in np.unique(local[touching]):
-            if not keep[s]:
-                continue
-            # The tangent where the segment leaves the junction: from its
-            # attaching pixel to the mean of its pixels within ``reach``.
-            attach = np.argwhere(touching & (local == s)).mean(axis=0)
-            pts = np.argwhere(local == s)
-            pts = pts[np.hypot(*(pts - attach).T) <= reach]
-            vec = pts.mean(axis=0) - attach
-            norm = float(np.hypot(*vec))
-            if norm > 0:
-                directions[int(s)] = vec / norm
-        ids = list(directions)
-        pairs = sorted((float(directions[a] @ directions[b]), a, b) for i, a in enumerate(ids) for b in ids[i + 1 :])
-        used: set[int] = set()
-        for cos, a, b in pairs:
-            if cos > STRAIGHT_COS:
-                break
-            if a in used or b in used:
-                continue
-            used.update((a, b))
-            parent[root(a)] = root(b)
+    for a, b in _straight_pairs(segments, junctions, n_junc, keep, max(4.0, spur_length)):
+        parent[root(a)] = root(b)
     kept = np.flatnonzero(keep)
     fibres = len({root(int(s)) for s in kept})
     pruned = skeleton & ~(np.isin(segments, np.flatnonzero(~keep[1:]) + 1) & (segments > 0))
     return fibres, len(kept), pruned
 
 
+def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, keep: np.ndarray,
+                    reach: float) -> list[tuple[int, int]]:
+    """Pairs of kept segments that pass straight through a junction.
+
+    A segment's direction at a junction runs from the junction's centre to
+    the mean of the segment's pixels within ``reach`` of it; all (junction,
+    segment) means come from one ``bincount`` over a map where every pixel
+    carries the nearest junction within ``reach``. At each junction the most
+    opposite pairs are joined greedily while their cosine is below
+    ``STRAIGHT_COS``.
+    """
+    if n_junc == 0:
+        return []
+    centres = np.asarray(ndi.center_of_mass(junctions > 0, junctions, np.arange(1, n_junc + 1)), dtype=float)
+    near, (ir, ic) = ndi.distance_transform_edt(junctions == 0, return_indices=True)
+    owner = junctions[ir, ic]
+    on = (segments > 0) & (near <= reach) & keep[segments]
+    if not on.any():
+        return []
+    rows, cols = np.nonzero(on)
+    key = owner[on].astype(np.int64) * (len(keep)) + segments[on]
+    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    mean_r = np.bincount(inverse, rows) / counts
+    mean_c = np.bincount(inverse, cols) / counts
+    j_of, s_of = uniq // len(keep), uniq % len(keep)
+    vec = np.stack([mean_r - centres[j_of - 1, 0], mean_c - centres[j_of - 1, 1]], axis=1)
+    norm = np.hypot(vec[:, 0], vec[:, 1])
+    good = norm > 0
+    j_of, s_of, vec = j_of[good], s_of[good], vec[good] / norm[good, None]
+    pairs: list[tuple[int, int]] = []
+    bounds = np.flatnonzero(np.diff(np.r_[-1, j_of, n_junc + 1]))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo < 2:
+            continue
+        cos = vec[lo:hi] @ vec[lo:hi].T
+        a_idx, b_idx = np.triu_indices(hi - lo, k=1)
+        order = np.argsort(cos[a_idx, b_idx])
+        used: set[int] = set()
+        for k in order:
+            if cos[a_idx[k], b_idx[k]] > STRAIGHT_COS:
+                break
+            a, b = int(s_of[lo + a_idx[k]]), int(s_of[lo + b_idx[k]])
+            if a in used or b in used:
+                continue
+            used.update((a, b))
+            pairs.append((a, b))
+    return pairs
+
+
 def _segment_junction_counts(segments: np.ndarray, n_seg: int, junctions: np.ndarray) -> np.ndarray:
     """For each segment, how many distinct junctions it touches (0, 1 or 2)."""
-    counts = np.zeros(n_seg + 1, dtype=int)
-    pairs = set()
     h, w = junctions.shape
     padded = np.pad(junctions, 1)
+    seg_ids, junc_ids = [], []
     for dr, dc in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
         shifted = padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
         hit = (segments > 0) & (shifted > 0)
-        pairs.update(zip(segments[hit].tolist(), shifted[hit].tolist()))
-    for s, _ in pairs:
-        counts[s] += 1
-    return counts
+        seg_ids.append(segments[hit])
+        junc_ids.append(shifted[hit])
+    pairs = np.unique(np.concatenate(seg_ids).astype(np.int64) * (junctions.max() + 1) + np.concatenate(junc_ids))
+    return np.bincount(pairs // (junctions.max() + 1), minlength=n_seg + 1)
 
 
 def skeleton_length(skeleton: np.ndarray) -> float:

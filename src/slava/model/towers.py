@@ -7,6 +7,7 @@ so the top N can be unfrozen, and `grid` (tokens per side) for pooling.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -112,7 +113,9 @@ class HFVisionTower(VisionTower):
         vcfg = getattr(config, "vision_config", config)
         native = vcfg.image_size
         self.image_size = image_size or native
-        self._interpolate = self.image_size != native
+        # DINOv2 always interpolates and takes no such argument; CLIP/SigLIP/ViT need asking.
+        takes_flag = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+        self._interpolate = self.image_size != native and takes_flag
         self.grid = self.image_size // vcfg.patch_size
         self.dim = vcfg.hidden_size
         self.channels = getattr(vcfg, "num_channels", 3)
@@ -122,8 +125,10 @@ class HFVisionTower(VisionTower):
             pcfg = json.loads(pre.read_text())
             mean, std = pcfg.get("image_mean", mean), pcfg.get("image_std", std)
         self._set_norm(mean, std)
-        encoder = self.model.encoder
-        layers = getattr(encoder, "layers", None) or getattr(encoder, "layer", None)
+        layers = next(
+            (m for path in ("encoder.layers", "encoder.layer", "layers", "layer") if isinstance(m := _find(self.model, path), nn.ModuleList)),
+            None,
+        )
         if layers is None:
             raise TowerError(f"vision tower: cannot find the encoder layers of {type(self.model).__name__}")
         self.blocks = list(layers)
@@ -133,6 +138,12 @@ class HFVisionTower(VisionTower):
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
         hidden = self.model(pixel_values=x, **kwargs).last_hidden_state
         return hidden[:, -self.grid * self.grid :]
+
+
+def _find(module: nn.Module, path: str) -> nn.Module | None:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module
 
 
 class ViTTower(VisionTower):

@@ -26,8 +26,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slava.errors import SlavaError
 from slava.serve.batching import ModelWorker, QueueFull
-from slava.serve.inputs import ApiError, optional_float, read_image_request, to_micrograph
+from slava.serve.inputs import ApiError, finite, optional_float, read_image_request, to_micrograph
+from slava.serve.openai_routes import ChatCall, answer_chat, router
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ class BodyTooLarge(StarletteHTTPException):
     """A streamed body passed the cap; an HTTPException so FastAPI's body parsing re-raises it unchanged."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"request body is over the server's limit of {limit / 2**20:.1f} MiB")
+        super().__init__(413, f"request body is over the server's limit of {limit / 2**20:.1f} MiB "
+                         "(room for one base64-encoded image of the maximum upload size)")
 
 
 def error_response(status: int, message: str, code: str | None = None, type: str = "invalid_request_error",
@@ -129,8 +132,9 @@ class RequestGuard:
 def _batch_handlers(assistant) -> dict:
     """The worker's handlers: how each kind of job calls the Assistant."""
 
-    def chat(calls: Sequence[Any]) -> list:
-        return [_attempt(assistant.chat, c.image, c.turns, **c.options) for c in calls]
+    # The Assistant generates one conversation at a time, so chat batches run sequentially.
+    def chat(calls: Sequence[ChatCall]) -> list:
+        return [_attempt(answer_chat, assistant, c) for c in calls]
 
     def classify(calls: Sequence[tuple]) -> list:
         labels = calls[0][1]
@@ -225,6 +229,11 @@ def create_app(
     async def _api_error(_request: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    @app.exception_handler(SlavaError)
+    async def _user_error(_request: Request, exc: SlavaError):
+        # The library's own "bad input" errors (unreadable image, bad labels) are the client's to fix.
+        return error_response(400, str(exc), "invalid_request")
+
     @app.exception_handler(QueueFull)
     async def _queue_full(_request: Request, exc: QueueFull):
         return error_response(503, f"server busy: {exc}; retry later", "overloaded", "server_error",
@@ -244,14 +253,13 @@ def create_app(
         log.exception("request failed")
         return error_response(500, f"internal error: {type(exc).__name__}", "internal_error", "server_error")
 
-    from slava.serve.openai_routes import router
-
     app.include_router(router)
 
     @app.get("/healthz")
     async def healthz():
-        """Liveness, whether a key is needed, and the jobs in flight; public, so no run details."""
-        return {"status": "ok", "auth_required": api_key is not None, "waiting": worker.waiting}
+        """Liveness, whether a key is needed, and worker load; public, so no run details."""
+        return {"status": "ok", "auth_required": api_key is not None, "waiting": worker.waiting,
+                "batches": worker.batches_run, "largest_batch": worker.largest_batch}
 
     @app.get("/v1/labels")
     async def get_labels():
@@ -297,7 +305,7 @@ def create_app(
         micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
         result = await worker.run("measure", micrograph)
         return {"object": "measurements", "model": model_name, "pixel_size_nm": micrograph.pixel_size_nm,
-                "measurements": result.to_dict()}
+                "measurements": finite(result.to_dict())}
 
     @app.get("/", include_in_schema=False)
     async def index():

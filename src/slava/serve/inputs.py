@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 from fastapi import Request
@@ -144,3 +145,14 @@ async def to_micrograph(data: bytes, name: str = "upload", pixel_size_nm: float 
         return await asyncio.to_thread(load_micrograph_bytes, data, name=name, pixel_size_nm=pixel_size_nm)
     except MicrographError as exc:
         raise ApiError(400, str(exc), code="invalid_image", param="image") from None
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN/inf replaced by None, recursively: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

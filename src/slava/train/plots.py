@@ -15,6 +15,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -49,11 +50,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                                extent=(routed[0]["step"] - 0.5, routed[-1]["step"] + 0.5, ent.shape[0] - 0.5, -0.5))
         axes[0, 0].set(xlabel="optimizer step", ylabel="decoder layer", title="expert-load entropy (1 = balanced)")
         fig.colorbar(im, ax=axes[0, 0])
+        axes[0, 0].yaxis.set_major_locator(MaxNLocator(integer=True))
         if loads:
             last = loads[-1]
             share = np.array([last[k] for k in sorted(last, key=int)])
             im = axes[0, 1].imshow(share, aspect="auto", cmap="magma", vmin=0, interpolation="nearest")
-            axes[0, 1].set(xlabel="expert", ylabel="decoder layer", title="share of routed tokens (last epoch)")
+            axes[0, 1].set(xlabel="expert", ylabel="decoder layer", title="share of routed tokens (stage so far)")
+            axes[0, 1].xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes[0, 1].yaxis.set_major_locator(MaxNLocator(integer=True))
             fig.colorbar(im, ax=axes[0, 1])
         fig.tight_layout()
         fig.savefig(run_dir / "expert_load.png", dpi=100)

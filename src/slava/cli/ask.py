@@ -1,0 +1,38 @@
+"""``slava ask``: answer a question about one micrograph."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """``--run`` and ``--json``, shared by the assistant commands."""
+    p.add_argument("--run", default=None, help="trained run directory (default: $SLAVA_RUN or runs/tiny-cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ask", help="answer a question about a micrograph",
+                              description="Answer a question about one micrograph. Counting and size questions are "
+                              "answered by the measurement toolkit (numbers in nm, or px without calibration).")
+    p.add_argument("image", help="image file (TIFF, PNG, JPEG)")
+    p.add_argument("question", help='e.g. "How many particles are visible?"')
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
+    p.add_argument("--strategy", choices=("greedy", "beam", "top_p"), default="greedy", help="decoding strategy")
+    add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from slava.assistant import Assistant, default_run
+
+    answer = Assistant.load(args.run or default_run()).ask(args.image, args.question, args.max_new_tokens, args.strategy)
+    if args.json:
+        print(json.dumps(answer.to_dict()))
+    else:
+        print(answer.text)
+        how = "measured" if answer.source == "measurement" else f"{answer.tokens} tokens"
+        print(f"  ({how}, {answer.latency_s * 1000:.0f} ms)")
+    return 0

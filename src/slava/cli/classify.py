@@ -1,0 +1,40 @@
+"""``slava classify``: rank candidate labels for one micrograph, zero- or few-shot."""
+
+from __future__ import annotations
+
+import argparse
+
+from slava.cli.ask import add_run_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "classify", help="classify a micrograph (zero-shot or few-shot)",
+        description="Rank candidate labels for one micrograph. Zero-shot scores each label as the answer to the "
+        "classification prompt; with --support, k labelled images per class classify by prototypes or in context.",
+    )
+    p.add_argument("image", help="image file (TIFF, PNG, JPEG)")
+    p.add_argument("--labels", default=None, help="comma-separated candidate labels (default: the run's classes, "
+                   "or the support set's)")
+    p.add_argument("--support", default=None, help="few-shot support folder: <dir>/<label>/<images>")
+    p.add_argument("--shots", type=int, default=None, help="support images per class (default: all)")
+    p.add_argument("--mode", choices=("prototype", "in_context"), default="prototype", help="few-shot method")
+    add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from slava.assistant import Assistant, default_run
+
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    result = Assistant.load(args.run or default_run()).classify(args.image, labels, args.support, args.shots, args.mode)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    width = max(len(label) for label, _ in result.ranked)
+    for label, prob in result.ranked:
+        print(f"{label:<{width}}  {prob:6.1%}  {'█' * round(prob * 30)}")
+    print(f"  ({result.mode.replace('_', '-')}, {result.latency_s * 1000:.0f} ms)")
+    return 0

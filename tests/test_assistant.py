@@ -1,0 +1,174 @@
+"""The inference API and its commands on a tiny run trained through the real training API."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slava.assistant import Assistant, AssistantError
+from slava.assistant.grounding import grounded_kind
+from slava.data.chat import user_turn
+from slava.measure import measure
+from slava.teacher.prompts import MEASURE_QUESTIONS, classify_answer, classify_prompt
+
+from tiny_run import TINY_CLASSES, tiny_images, tiny_run_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def assistant(run):
+    torch.set_num_threads(1)
+    return Assistant.load(run, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(run):
+    return tiny_images(run)
+
+
+def slava(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slava.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_labels_come_from_the_run(assistant):
+    assert assistant.labels == sorted(TINY_CLASSES)
+
+
+def test_ask_stops_at_end_of_sequence(assistant, images):
+    answer = assistant.ask(images["fibres"][0], classify_prompt(assistant.labels), max_new_tokens=40)
+    assert answer.source == "model" and answer.text.strip()
+    assert 0 < answer.tokens < 40 and answer.finish_reason == "stop"
+
+
+def test_caption_is_generated_text(assistant, images):
+    answer = assistant.caption(images["particles"][0], max_new_tokens=24)
+    assert answer.source == "model" and answer.text and 0 < answer.tokens <= 24
+
+
+def test_zero_shot_probabilities_are_the_models_label_scores(assistant, images):
+    image = images["particles"][1]
+    result = assistant.classify(image)
+    probs = [p for _, p in result.ranked]
+    assert result.mode == "zero_shot" and sorted(label for label, _ in result.ranked) == assistant.labels
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5) and probs == sorted(probs, reverse=True)
+    # The cached, batched scoring must equal the model's own one-image scoring.
+    tok, model = assistant.tokenizer, assistant.model
+    prompt = assistant._prompt([user_turn(classify_prompt(assistant.labels))])
+    answers = [tok.encode(f" {classify_answer(label)}") + [tok.eos_id] for label in assistant.labels]
+    reference = torch.softmax(torch.tensor(model.score_continuations(assistant.pixels([assistant.prepare(image)]), prompt, answers)), 0)
+    assert dict(result.ranked) == pytest.approx(dict(zip(assistant.labels, reference.tolist())), abs=1e-5)
+
+
+def test_classify_batch_equals_one_at_a_time(assistant, images):
+    batch = [images[c][i] for c in TINY_CLASSES for i in range(2)]
+    together = assistant.classify_batch(batch, labels=list(TINY_CLASSES))
+    for image, result in zip(batch, together):
+        alone = assistant.classify(image, labels=list(TINY_CLASSES))
+        assert dict(result.ranked) == pytest.approx(dict(alone.ranked), abs=1e-5)
+
+
+def test_every_image_input_gives_the_same_answers(assistant, images):
+    path = images["porous_sponges"][0]
+    data = path.read_bytes()
+    pil = Image.open(io.BytesIO(data))
+    inputs = {"path": path, "str": str(path), "bytes": data, "array": np.asarray(pil), "pil": pil,
+              "micrograph": assistant.prepare(path)}
+    results = {k: assistant.classify(v).ranked for k, v in inputs.items()}
+    texts = {k: assistant.ask(v, classify_prompt(assistant.labels), max_new_tokens=16).text for k, v in inputs.items()}
+    assert all(r == results["path"] for r in results.values())
+    assert len(set(texts.values())) == 1
+
+
+def test_prototype_few_shot_recognises_its_own_support_images(assistant, images):
+    support = {c: images[c][:3] for c in TINY_CLASSES}
+    for cls, paths in support.items():
+        for path in paths:
+            result = assistant.classify(path, support=support, mode="prototype")
+            assert result.mode == "prototype" and result.label == cls
+            assert sum(p for _, p in result.ranked) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_in_context_few_shot_puts_support_images_in_the_prompt(assistant, images, run):
+    support = {c: images[c][:1] for c in TINY_CLASSES}
+    query = images["fibres"][5]
+    in_context = assistant.classify(query, support=support, mode="in_context")
+    zero = assistant.classify(query, labels=list(TINY_CLASSES))
+    assert in_context.mode == "in_context" and {label for label, _ in in_context.ranked} == set(TINY_CLASSES)
+    assert sum(p for _, p in in_context.ranked) == pytest.approx(1.0, abs=1e-5)
+    # The support turns change the model's view: the probabilities move.
+    assert dict(in_context.ranked) != pytest.approx(dict(zero.ranked), abs=1e-4)
+    folder = assistant.classify(query, support=run.parent / "images", shots=1, mode="in_context")
+    assert dict(folder.ranked) == pytest.approx(dict(in_context.ranked), abs=1e-5)
+    with pytest.raises(AssistantError):
+        assistant.classify(query, support=support, mode="nearest")
+
+
+def test_count_question_states_the_measured_number(assistant, images):
+    image = images["particles"][2]
+    answer = assistant.ask(image, "How many particles are visible?")
+    count = measure(assistant.prepare(image)).particles.count
+    assert answer.source == "measurement" and answer.numbers["particle_count"] == count
+    assert f"{count} particles" in answer.text and answer.measurements["particles"]["count"] == count
+
+
+def test_size_answer_is_in_nm_when_calibrated(assistant, images):
+    m = assistant.prepare(images["particles"][2], pixel_size_nm=2.5)
+    answer = assistant.ask(m, "What is the mean particle diameter in nm?")
+    expected = measure(m).particles.mean_diameter
+    assert answer.source == "measurement" and " nm" in answer.text
+    assert answer.numbers["mean_diameter_nm"] == pytest.approx(expected, rel=1e-2)
+    uncalibrated = assistant.ask(images["particles"][2], "How large are the particles on average?")
+    assert "mean_diameter_px" in uncalibrated.numbers and " px" in uncalibrated.text
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("How many fibres are visible?", "fibre_count"),
+    ("how many wires cross the field?", "fibre_count"),
+    ("Count the dots please", "particle_count"),
+    ("What is the porosity of this sponge?", "pore_fraction"),
+    ("How wide are the fibres on average?", "mean_width"),
+    ("What is the pitch of the pattern?", "pitch"),
+    ("What is the apex radius of the tip?", None),
+    ("Describe the surface texture.", None),
+])
+def test_grounding_routes_questions(question, kind):
+    assert grounded_kind(question) == kind
+
+
+def test_every_measure_question_is_grounded_or_left_to_the_model():
+    for kind, questions in MEASURE_QUESTIONS.items():
+        for q in questions:
+            assert grounded_kind(q) in (kind, None)
+
+
+def test_commands_print_json(run, images):
+    image = str(images["particles"][0])
+    ask = json.loads(slava("ask", image, "How many particles are visible?", "--run", str(run), "--json").stdout)
+    assert ask["source"] == "measurement" and "particle_count" in ask["numbers"]
+    cap = json.loads(slava("caption", image, "--run", str(run), "--json", "--max-new-tokens", "8").stdout)
+    assert cap["text"] and cap["tokens"] <= 8
+    cls = json.loads(slava("classify", image, "--run", str(run), "--json").stdout)
+    assert [r["label"] for r in cls["ranked"]][0] == cls["label"] and len(cls["ranked"]) == 3
+    few = json.loads(slava("classify", image, "--run", str(run), "--support", str(run.parent / "images"),
+                           "--shots", "2", "--json").stdout)
+    assert few["mode"] == "prototype"
+    meas = json.loads(slava("measure", image, "--pixel-size", "2", "--json").stdout)
+    assert meas["unit"] == "nm" and meas["pixel_size_nm"] == 2.0
+
+
+def test_human_output_and_errors(run, images, tmp_path):
+    out = slava("classify", str(images["fibres"][0]), "--run", str(run))
+    assert out.returncode == 0 and "zero-shot" in out.stdout and "%" in out.stdout
+    bad = slava("ask", str(images["fibres"][0]), "What is this?", "--run", str(tmp_path))
+    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "not a trained run" in bad.stderr
