@@ -5,7 +5,10 @@
    q,k,v,o,gate,up,down; batch 8 x 128 tokens) on a frozen int8 base:
    frozen only, one LoRA of rank 16, DyA-MoPE (E=8, k=2, r_max=8) at full
    rank and at a sampled rank. "Same rank budget" means the same *active*
-   rank per token: k * r_max = 16 = the LoRA's rank. Variants are interleaved
+   rank per token: k * r_max = 16 = the LoRA's rank; a LoRA of rank
+   E * r_max = 64 has the experts' parameter count and matmul sizes. The same
+   again for one layer of hidden 2048 shows the overhead shrink as the base
+   grows. Variants are interleaved
    step by step so a busy neighbour slows them alike; medians are printed.
 2. Bytes of the stack's linear weights in fp32, int8, int4 and NF4.
 3. One 2048 x 2048 layer over 1024 tokens under bf16 autocast, forward and
@@ -40,25 +43,26 @@ FORMATS = {
 
 
 class Layer(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, hidden: int, mlp: int) -> None:
         super().__init__()
+        self.hidden = hidden
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, name, nn.Linear(HIDDEN, HIDDEN, bias=False))
-        self.gate_proj = nn.Linear(HIDDEN, MLP, bias=False)
-        self.up_proj = nn.Linear(HIDDEN, MLP, bias=False)
-        self.down_proj = nn.Linear(MLP, HIDDEN, bias=False)
+            setattr(self, name, nn.Linear(hidden, hidden, bias=False))
+        self.gate_proj = nn.Linear(hidden, mlp, bias=False)
+        self.up_proj = nn.Linear(hidden, mlp, bias=False)
+        self.down_proj = nn.Linear(mlp, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Attention's matmuls are the same for every variant, so a cheap mixer stands in.
-        h = F.rms_norm(x, (HIDDEN,))
+        h = F.rms_norm(x, (self.hidden,))
         x = x + self.o_proj(torch.sigmoid(self.q_proj(h)) * self.k_proj(h) + self.v_proj(h))
-        h = F.rms_norm(x, (HIDDEN,))
+        h = F.rms_norm(x, (self.hidden,))
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
-def stack() -> nn.Sequential:
+def stack(hidden: int = HIDDEN, mlp: int = MLP, layers: int = LAYERS) -> nn.Sequential:
     torch.manual_seed(0)
-    model = nn.Sequential(*[Layer() for _ in range(LAYERS)])
+    model = nn.Sequential(*[Layer(hidden, mlp) for _ in range(layers)])
     for p in model.parameters():
         nn.init.normal_(p, std=0.02)
     return model
@@ -75,13 +79,14 @@ def median_ms(fn, n: int = 10) -> float:
     return statistics.median(times) * 1e3
 
 
-def bench_training() -> None:
-    base = stack().requires_grad_(False)
+def bench_training(hidden: int, mlp: int, layers: int) -> None:
+    base = stack(hidden, mlp, layers).requires_grad_(False)
     quantize_linears(base, bits=8)
     mope_cfg = MoPEConfig(num_experts=8, top_k=2, r_max=8, alpha=16.0, min_rank=2)
     variants: dict[str, tuple[nn.Module, MoPEConfig | None]] = {"frozen int8 only": (base, None)}
     for name, cfg in [
         ("LoRA r16", MoPEConfig.plain_lora(rank=16, alpha=32.0)),
+        ("LoRA r64 (same params)", MoPEConfig.plain_lora(rank=64, alpha=128.0)),
         ("DyA-MoPE E8 k2 r8", mope_cfg),
         ("DyA-MoPE sampled rank", mope_cfg),
     ]:
@@ -89,7 +94,7 @@ def bench_training() -> None:
         attach_mopes(model, cfg)
         variants[name] = (model, cfg)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, TOKENS, HIDDEN)
+    x = torch.randn(BATCH, TOKENS, hidden)
 
     def make_step(name, model, cfg):
         params = [p for group in adapter_parameters(model).values() for p in group]
@@ -122,7 +127,7 @@ def bench_training() -> None:
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     lora = med["LoRA r16"]
-    print(f"## Training step, {LAYERS} layers hidden {HIDDEN}/{MLP}, batch {BATCH}x{TOKENS}, bf16 autocast, int8 base")
+    print(f"## Training step, {layers} layers hidden {hidden}/{mlp}, batch {BATCH}x{TOKENS}, bf16 autocast, int8 base")
     print(f"{'variant':26s} {'ms':>8s} {'x LoRA':>7s} {'x frozen':>8s} {'trainable':>10s}")
     for name, ms in med.items():
         n = sum(p.numel() for g in adapter_parameters(variants[name][0]).values() for p in g)
@@ -184,6 +189,7 @@ def bench_layer() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    bench_training()
+    bench_training(HIDDEN, MLP, LAYERS)
+    bench_training(2048, 5632, 1)
     bench_bytes()
     bench_layer()

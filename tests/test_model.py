@@ -231,6 +231,5 @@ def test_hf_tower_resizes_to_other_image_size(kind, tmp_path):
     tower = build_tower(VisionConfig(kind="hf", path=str(tmp_path), image_size=48, trainable_blocks=1))
     assert tower(torch.rand(2, 1, 40, 40)).shape == (2, 36, 32)  # 6×6 patches, CLS dropped
     tower.set_trainable(1)
-    assert {n.split(".")[-3] for n, p in tower.named_parameters() if p.requires_grad} <= {"1"} | {str(i) for i in range(9)}
     assert any(p.requires_grad for p in tower.blocks[-1].parameters())
     assert not any(p.requires_grad for p in tower.blocks[0].parameters())

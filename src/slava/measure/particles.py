@@ -32,7 +32,13 @@ def radius_range(prep: Prepared) -> tuple[float, float]:
     labels, n = ndi.label(prep.solid)
     if n == 0:
         return 0.0, 0.0
-    deepest = ndi.maximum(prep.solid_distance, labels, np.arange(1, n + 1))
+    # Only local maxima of the distance can be a component's deepest point:
+    # reducing over those few pixels avoids a sort of the whole image.
+    dist = prep.solid_distance
+    top = (dist > 0) & (dist == ndi.maximum_filter(dist, size=3))
+    deepest = np.zeros(n + 1, dtype=np.float32)
+    np.maximum.at(deepest, labels[top], dist[top])
+    deepest = deepest[1:]
     lo, hi = np.percentile(deepest, (50, 95))
     return float(lo), float(hi)
 
@@ -87,11 +93,15 @@ def blob_centres(flat: np.ndarray, mask: np.ndarray, radii: tuple[float, float],
     order = np.argsort(-strength)
     peaks, reach = peaks[order], reach[order]
     keep = np.ones(len(peaks), dtype=bool)
-    tree = cKDTree(peaks)
-    # Pairs come back unordered; index order is strength order, so i < j means i is stronger.
-    for i, j in sorted(tree.query_pairs(float(2.0 * reach.max()))):
-        if keep[i] and keep[j] and np.hypot(*(peaks[i] - peaks[j])) < reach[i] + 0.5 * reach[j]:
-            keep[j] = False
+    pairs = cKDTree(peaks).query_pairs(float(1.5 * reach.max()), output_type="ndarray")
+    if len(pairs):
+        # Index order is strength order, so the smaller index of a pair is the stronger peak.
+        pairs = np.sort(pairs, axis=1)
+        i, j = pairs[:, 0], pairs[:, 1]
+        overlap = np.hypot(*(peaks[i] - peaks[j]).T) < reach[i] + 0.5 * reach[j]
+        for a, b in pairs[overlap][np.lexsort((pairs[overlap][:, 1], pairs[overlap][:, 0]))]:
+            if keep[a]:
+                keep[b] = False
     return peaks[keep]
 
 

@@ -19,11 +19,14 @@ def measure_periodicity(prep: Prepared, pixel_size_nm: float | None, notes: list
     The image is zero-padded before the FFT so the autocorrelation tapers with
     lag: a line grating then peaks exactly at its perpendicular pitch instead
     of forming a flat ridge. Only lags up to a third of the field are searched
-    so at least three repeats support a pitch.
+    so at least three repeats support a pitch; padding by that third (not a
+    whole field) already keeps those lags free of wrap-around, at half the
+    FFT cost.
     """
     f = prep.flat - prep.flat.mean()
     h, w = f.shape
-    shape = (fft.next_fast_len(2 * h, real=True), fft.next_fast_len(2 * w, real=True))
+    reach = max(2, min(h, w) // 3)
+    shape = (fft.next_fast_len(h + reach + 1, real=True), fft.next_fast_len(w + reach + 1, real=True))
     spectrum = fft.rfft2(f.astype(np.float32), s=shape)
     acf = np.fft.fftshift(fft.irfft2(np.abs(spectrum) ** 2, s=shape))
     h, w = shape[0] // 2, shape[1] // 2
@@ -31,7 +34,6 @@ def measure_periodicity(prep: Prepared, pixel_size_nm: float | None, notes: list
     if zero <= 0:
         notes.append("periodicity: blank image")
         return PeriodicityStats(None, None, 0.0)
-    reach = max(2, min(h, w) // 3)
     window = acf[h - reach : h + reach + 1, w - reach : w + reach + 1] / zero
     peaks = peak_local_max(window, min_distance=2, threshold_abs=0.05, exclude_border=True)
     lags = np.hypot(peaks[:, 0] - reach, peaks[:, 1] - reach)

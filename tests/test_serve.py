@@ -1,0 +1,326 @@
+"""`slava serve` for real: a uvicorn subprocess on 127.0.0.1 serving the tiny trained run,
+driven by the official `openai` client and by httpx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+KEY = "test-key-7f3a"
+MAX_UPLOAD_MB = 1
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(run: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "slava.cli", "serve", "--run", str(run), *args]
+
+
+def server_env(key: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "SLAVA_API_KEY"}
+    if key is not None:
+        env["SLAVA_API_KEY"] = key
+    return env
+
+
+def start_server(run: Path, key: str | None, *args: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `slava serve` and wait for /healthz; returns (process, base URL)."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(serve_command(run, "--port", str(port), *args), env=server_env(key),
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"server did not come up:\n{log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def synthetic_png(cls: str, seed: int, size: int = 160) -> bytes:
+    """A synthetic SEM micrograph (with its data bar) as PNG bytes."""
+    from PIL import Image
+
+    from slava.synth import generate
+
+    image, _ = generate(cls, seed, size=size)
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+
+
+def image_message(url: str, text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return Path("/tmp/serve_dev/tiny/run")  # DEV-ONLY
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    proc, base = start_server(run_dir, KEY, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "8",
+                              log=tmp_path_factory.mktemp("serve") / "server.log")
+    yield base
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return {"particles": synthetic_png("particles", 3), "fibres": synthetic_png("fibres", 4)}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def auth(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_refuses_to_start_without_key_or_flag(run_dir):
+    result = subprocess.run(serve_command(run_dir, "--port", str(free_port())), env=server_env(None),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "SLAVA_API_KEY" in result.stderr and "--insecure-local" in result.stderr
+    result = subprocess.run(serve_command(run_dir, "--insecure-local", "--host", "0.0.0.0"), env=server_env(None),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "loopback" in result.stderr
+
+
+def test_openai_client_chat_and_models(client, images, run_dir):
+    assert [m.id for m in client.models.list().data] == [run_dir.name]
+    url = data_url(images["particles"])
+    reply = client.chat.completions.create(model=run_dir.name, max_tokens=16,
+                                           messages=image_message(url, "Describe this micrograph."))
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and reply.model == run_dir.name and reply.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 16
+    assert reply.usage.prompt_tokens > 10
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    # Greedy by default: the same question gets the same answer.
+    again = client.chat.completions.create(model=run_dir.name, max_tokens=16,
+                                           messages=image_message(url, "Describe this micrograph."))
+    assert again.choices[0].message.content == choice.message.content
+
+
+def test_streaming_matches_the_whole_answer(client, images):
+    messages = image_message(data_url(images["fibres"]), "Describe this micrograph.")
+    whole = client.chat.completions.create(model="any", max_tokens=12, messages=messages)
+    chunks = list(client.chat.completions.create(model="any", max_tokens=12, messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_multi_turn_with_system_message_and_grounded_answer(server, images):
+    url = data_url(images["particles"])
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        *image_message(url, "Describe this micrograph."),
+        {"role": "assistant", "content": "Round particles on a flat substrate."},
+        {"role": "user", "content": "How many particles are there?"},
+    ]
+    r = httpx.post(f"{server}/v1/chat/completions", headers=auth(), json={"messages": messages}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # Counting questions are answered by the measurement toolkit, with its numbers.
+    assert body["slava"]["source"] == "measurement" and body["slava"]["numbers"]
+    assert any(ch.isdigit() for ch in body["choices"][0]["message"]["content"])
+
+
+def test_missing_or_wrong_key_is_401(server, images):
+    from openai import AuthenticationError, OpenAI
+
+    for headers in ({}, auth("wrong"), {"Authorization": KEY}):
+        r = httpx.get(f"{server}/v1/models", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key" and r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/classify", json={"image": data_url(images["fibres"])})
+    assert r.status_code == 401
+    wrong = OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(AuthenticationError):
+        wrong.chat.completions.create(model="x", messages=image_message(data_url(images["fibres"]), "Hi?"))
+    # The page and the health check stay public.
+    assert httpx.get(f"{server}/healthz").json()["auth_required"] is True
+    assert "sLAVA" in httpx.get(f"{server}/").text
+
+
+def test_oversize_uploads_are_413(server):
+    limit = MAX_UPLOAD_MB * 2**20
+    # Declared too big: refused from Content-Length alone.
+    big = b"x" * (limit * 4 // 3 + 2**20 + 1)
+    r = httpx.post(f"{server}/v1/measure", headers={**auth(), "Content-Type": "application/json"}, content=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    # Streamed without a length (chunked): refused once the cap is crossed.
+    chunks = (b"x" * 2**16 for _ in range(len(big) // 2**16 + 1))
+    r = httpx.post(f"{server}/v1/measure", headers={**auth(), "Content-Type": "application/json"}, content=chunks)
+    assert r.status_code == 413
+    # Within the body cap, but the decoded image is over the upload limit.
+    r = httpx.post(f"{server}/v1/classify", headers=auth(), json={"image": data_url(os.urandom(limit + 1000))})
+    assert r.status_code == 413 and "MiB" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/measure", headers=auth(), files={"image": ("big.png", os.urandom(limit + 1000))})
+    assert r.status_code == 413
+
+
+def test_non_images_are_400_with_the_reason(server, client):
+    from openai import BadRequestError
+
+    r = httpx.post(f"{server}/v1/classify", headers=auth(), json={"image": data_url(b"just some text, not pixels")})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "invalid_image" and "not an image" in error["message"]
+    r = httpx.post(f"{server}/v1/measure", headers=auth(), files={"image": ("notes.txt", b"hello")})
+    assert r.status_code == 400 and "notes.txt" in r.json()["error"]["message"]
+    with pytest.raises(BadRequestError, match="not an image"):
+        client.chat.completions.create(model="x", messages=image_message(data_url(b"%PDF-1.4 ..."), "What is it?"))
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.1:1/secret.png", "never fetches"),
+    ("https://example.com/a.png", "never fetches"),
+    ("file:///etc/passwd", "never reads files"),
+    ("/etc/passwd", "never reads files"),
+])
+def test_urls_and_paths_are_refused(server, url, reason):
+    body = {"messages": image_message(url, "What is this?")}
+    r = httpx.post(f"{server}/v1/chat/completions", headers=auth(), json=body)
+    assert r.status_code == 400 and reason in r.json()["error"]["message"]
+
+
+def test_bad_requests_are_openai_style_400(server, images):
+    url = data_url(images["fibres"])
+    cases = [
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "no image here"}]},
+        {"messages": image_message(url, "Hi?") + image_message(data_url(images["particles"]), "And this?")},
+        {"messages": image_message(url, "Hi?"), "max_tokens": 0},
+        {"messages": image_message(url, "Hi?"), "n": 2},
+        {"messages": [{"role": "tool", "content": "x"}]},
+    ]
+    for body in cases:
+        r = httpx.post(f"{server}/v1/chat/completions", headers=auth(), json=body)
+        assert r.status_code == 400, body
+        assert set(r.json()["error"]) >= {"message", "type", "code"}
+    r = httpx.post(f"{server}/v1/chat/completions", headers={**auth(), "Content-Type": "application/json"},
+                   content=b"{not json")
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_preview_crops_the_data_bar(server, images):
+    from PIL import Image
+
+    r = httpx.post(f"{server}/v1/preview", headers=auth(), json={"image": data_url(images["particles"])})
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["original_size"] == [160, 160] and p["data_bar"] is not None
+    assert p["width"] == 160 and p["height"] < 160
+    png = Image.open(io.BytesIO(base64.b64decode(p["image"].split(",", 1)[1])))
+    assert png.size == (p["width"], p["height"])
+
+
+def test_classify_and_measure(server, images, run_dir):
+    labels = httpx.get(f"{server}/v1/labels", headers=auth()).json()["labels"]
+    assert sorted(labels) == ["fibres", "particles", "porous_sponges"]
+    r = httpx.post(f"{server}/v1/classify", headers=auth(), json={"image": data_url(images["fibres"])})
+    assert r.status_code == 200, r.text
+    ranked = r.json()["ranked"]
+    assert sorted(x["label"] for x in ranked) == sorted(labels)
+    assert abs(sum(x["probability"] for x in ranked) - 1) < 1e-5
+    assert [x["probability"] for x in ranked] == sorted((x["probability"] for x in ranked), reverse=True)
+    r = httpx.post(f"{server}/v1/classify", headers=auth(), data={"labels": "grain, crack"},
+                   files={"image": ("a.png", images["fibres"], "image/png")})
+    assert r.status_code == 200 and {x["label"] for x in r.json()["ranked"]} == {"grain", "crack"}
+    r = httpx.post(f"{server}/v1/measure", headers=auth(), json={"image": data_url(images["particles"]),
+                                                                 "pixel_size_nm": 2.0})
+    assert r.status_code == 200, r.text
+    m = r.json()["measurements"]
+    assert m["unit"] == "nm" and m["pixel_size_nm"] == 2.0 and m["particles"]["count"] > 0
+
+
+def test_200_concurrent_requests_stay_with_their_own_image(server, images):
+    urls = {name: data_url(data) for name, data in images.items()}
+
+    def chat(http: httpx.Client, name: str) -> str:
+        r = http.post("/v1/chat/completions", json={"messages": image_message(urls[name], "Describe this micrograph."),
+                                                    "max_tokens": 6})
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"]
+
+    def classify(http: httpx.Client, name: str) -> dict:
+        r = http.post("/v1/classify", json={"image": urls[name]})
+        r.raise_for_status()
+        return {x["label"]: x["probability"] for x in r.json()["ranked"]}
+
+    with httpx.Client(base_url=server, headers=auth(), timeout=120,
+                      limits=httpx.Limits(max_connections=16)) as http:
+        expected = {(kind.__name__, name): kind(http, name) for kind in (chat, classify) for name in images}
+        # The two images must answer differently, or "its own answer" would prove nothing.
+        assert (expected["chat", "particles"] != expected["chat", "fibres"]
+                or expected["classify", "particles"] != expected["classify", "fibres"])
+        jobs = [(kind, name) for _ in range(50) for kind in (chat, classify) for name in images]
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda job: (job, job[0](http, job[1])), jobs))
+    assert len(results) == 200
+    for (kind, name), got in results:
+        want = expected[kind.__name__, name]
+        if kind is chat:
+            assert got == want
+        else:
+            assert got.keys() == want.keys()
+            assert all(abs(got[label] - want[label]) < 1e-4 for label in want)
+    health = httpx.get(f"{server}/healthz").json()
+    assert health["largest_batch"] > 1 and health["waiting"] == 0
+
+
+def test_insecure_local_serves_without_a_key(run_dir, tmp_path):
+    proc, base = start_server(run_dir, None, "--insecure-local", log=tmp_path / "server.log")
+    try:
+        assert httpx.get(f"{base}/healthz").json()["auth_required"] is False
+        assert httpx.get(f"{base}/v1/models").status_code == 200
+    finally:
+        stop_server(proc)
