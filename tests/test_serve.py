@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tiny_run import tiny_run_dir
+
 KEY = "test-key-7f3a"
 MAX_UPLOAD_MB = 1
 
@@ -90,7 +92,7 @@ def image_message(url: str, text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return Path("/tmp/serve_dev/tiny/run")  # DEV-ONLY
+    return tiny_run_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -152,12 +152,17 @@ def leaked_classes(run_dir: str | Path, classes: Sequence[str]) -> dict[str, str
     return out
 
 
-def zero_shot_task(assistant, run_dir, items: Sequence[EvalItem], classes: Sequence[str]) -> dict:
-    """Zero-shot classification among ``classes``, refused when the run's data named any of them."""
+def refuse_leaks(run_dir: str | Path, classes: Sequence[str]) -> None:
+    """Raise ``LeakageError`` naming every class of ``classes`` that the run's training data named."""
     leaked = leaked_classes(run_dir, classes)
     if leaked:
         detail = "; ".join(f"{c}: {why}" for c, why in leaked.items())
         raise LeakageError(f"zero-shot evaluation refused: the run was tuned on data naming held-out class(es) ({detail})")
+
+
+def zero_shot_task(assistant, run_dir, items: Sequence[EvalItem], classes: Sequence[str]) -> dict:
+    """Zero-shot classification among ``classes``, refused when the run's data named any of them."""
+    refuse_leaks(run_dir, classes)
     if len(classes) < 2:
         return {"skipped": "fewer than two classes unseen in training"}
     subset = [it for it in items if it.label in classes]

@@ -1,38 +1,47 @@
 """Finding the instrument data bar: the band of text and scale bar under most SEM images.
 
-The band is found from row statistics, bottom up. Its rows are mostly one
-exact background value (instruments draw it, so it carries no noise) with
-sparse high-contrast text; it spans the full width; and its top edge is sharp:
-the first band rows are nearly pure background while the image row above is not.
-Noisy image rows almost never have a third of their pixels within a few grey
-levels of one value, which keeps textures such as NEU steel surfaces uncropped.
+The band is found from row statistics, bottom up, and works for both
+polarities (light text on black, dark text on white) and for JPEG copies. Its
+rows are mostly one background value with sparse high-contrast text: an
+instrument draws the band, so it carries no noise, and even after JPEG its
+background pixels stay within a few grey levels of that value (the median
+offset of a row, a robust spread that text cannot move, stays tiny). The band
+spans the full width, and its top edge is sharp: the first band rows are
+nearly pure background while the image row above is not. Noisy image rows
+almost never hold most of their pixels within a few grey levels of one value,
+which keeps textures such as NEU steel surfaces uncropped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Grey-level tolerance (of the [0, 1] range) around the band's background value.
-TOL = 0.04
-# Drawn background is exact; image noise near that value is not.
-EXACT = 0.004
-NOISY_NEAR = 0.25
-PURE_STD = 0.015
-# Padding rows are mostly exact background even after JPEG; flat textures are not.
-MIN_EXACT = 0.6
+# Grey-level tolerance (of the [0, 1] range) around the band's background
+# value: wide enough for JPEG ringing beside text.
+TOL = 0.05
+# Padding pixels of a JPEG-compressed band stay this close to the background.
+TIGHT = 0.03
+# Median offset from the background of a band row: JPEG noise of a flat band,
+# not image noise. Text pixels are a minority in every band row, so they do
+# not move the median.
+MAX_ROW_SPREAD = 0.012
 # A band row has at least this share of background pixels (text rows dip to ~0.5).
 MIN_ROW_BACKGROUND = 0.35
 # The rows at the top of the band, under its edge, are padding: nearly all background.
 MIN_EDGE_BACKGROUND = 0.9
+# The image row above the band's edge has at most this share of pixels that
+# pass for band background: a visible step, not a flat image running into the band.
+MAX_ABOVE_BACKGROUND = 0.7
 # The band is searched for in the bottom part of the image only.
 MAX_BAR_FRACTION = 0.35
 # Frame lines or a stray row of the image under the band (as in Zeiss files).
 MAX_BOTTOM_SKIP = 3
 # Solid separator lines drawn above the band belong to it.
 MAX_SEPARATOR_ROWS = 3
-# A separator row is drawn: nearly all its pixels within 0.02 of one value,
-# which differs from the image row above it.
-SEPARATOR_UNIFORM = 0.95
+# A separator row is drawn: nearly all its pixels within SEPARATOR_TOL of one
+# value, which differs from the image row above it.
+SEPARATOR_TOL = 0.05
+SEPARATOR_UNIFORM = 0.9
 SEPARATOR_CONTRAST = 0.15
 # Text or a scale bar: pixels this far from the background.
 CONTENT_CONTRAST = 0.3
@@ -54,7 +63,8 @@ def _separator_rows(pixels: np.ndarray, band_top: int) -> int:
     while rows < MAX_SEPARATOR_ROWS and band_top - rows - 1 > 0:
         row = pixels[band_top - rows - 1]
         median = float(np.median(row))
-        if (np.abs(row - median) <= 0.02).mean() < SEPARATOR_UNIFORM or (level is not None and abs(median - level) > 0.02):
+        uniform = (np.abs(row - median) <= SEPARATOR_TOL).mean() >= SEPARATOR_UNIFORM
+        if not uniform or (level is not None and abs(median - level) > SEPARATOR_TOL):
             break
         level = median if level is None else level
         rows += 1
@@ -62,31 +72,6 @@ def _separator_rows(pixels: np.ndarray, band_top: int) -> int:
     if rows and abs(float(np.median(pixels[band_top - rows - 1])) - level) > SEPARATOR_CONTRAST:
         return rows
     return 0
-
-
-def _band_top(region: np.ndarray, background: float, share: np.ndarray, start: int, end: int) -> int | None:
-    """Top row of the band among bar-like rows ``start..end`` of ``region``, or None.
-
-    The band starts with padding rows that are nearly pure background. Above it
-    lies either a row that is not bar-like at all, or (when the image is flat
-    near the band's value) a row whose pixels are near the background but not
-    exactly on it: image noise. The topmost such edge wins; a flat region that
-    runs to the top of the search window with no edge is image, not a band.
-    """
-    offset = np.abs(region - background)
-    exact = (offset <= EXACT).mean(axis=1)
-    near = offset <= TOL
-    # Spread of the near-background pixels only: frame lines and text do not count.
-    spread = np.sqrt((np.where(near, offset, 0.0) ** 2).sum(axis=1) / np.maximum(near.sum(axis=1), 1))
-    pure = (share >= MIN_EDGE_BACKGROUND) & (spread <= PURE_STD) & (exact >= MIN_EXACT)
-    for y in range(start, end - 1):
-        if not (pure[y] and pure[y + 1]):
-            continue
-        if y == start and y > 0:
-            return y
-        if y > start and share[y - 1] - exact[y - 1] >= NOISY_NEAR:
-            return y
-    return None
 
 
 def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -97,8 +82,12 @@ def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     top = int(h * (1 - MAX_BAR_FRACTION))
     region = pixels[top:]
     background = dominant_value(pixels[h - max(4, h // 50) :])
-    share = (np.abs(region - background) <= TOL).mean(axis=1)
-    bar_row = share >= MIN_ROW_BACKGROUND
+    offset = np.abs(region - background)
+    share = (offset <= TOL).mean(axis=1)
+    tight = (offset <= TIGHT).mean(axis=1)
+    spread = np.median(offset, axis=1)
+    bar_row = (share >= MIN_ROW_BACKGROUND) & (spread <= MAX_ROW_SPREAD)
+    pure = (tight >= MIN_EDGE_BACKGROUND) & bar_row
 
     end = len(share)
     skipped = 0
@@ -108,7 +97,12 @@ def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     start = end
     while start > 0 and bar_row[start - 1]:
         start -= 1
-    start = _band_top(region, background, share, start, end)
+    # The band opens with padding rows under a visible step; a flat image that
+    # runs into the band with no step leaves the band's top unknown.
+    start = next(
+        (y for y in range(start, end - 1) if pure[y] and pure[y + 1] and y > 0 and tight[y - 1] <= MAX_ABOVE_BACKGROUND),
+        None,
+    )
     if start is None or end - start < max(6, int(0.03 * h)):
         return None
     band = region[start:end]

@@ -1,11 +1,11 @@
 """Particles: bright blobs on a darker substrate, counted and sized.
 
-Counting and sizing are done by different tools, each where it is strong:
-particles are *found* as scale-space maxima of the scale-normalised
-Laplacian of Gaussian (LoG) at scales set by the image's own typical
-particle radius, which separates touching particles and survives heavy
-noise because the filter is matched to the particle size; they are *sized*
-by a watershed of the bright phase seeded at those maxima.
+Particles are the bright phase split by a watershed of its distance
+transform. The seeds come from the tool that is reliable at each clump's
+scale: distance-transform peaks for particles much wider than the
+denoising blur (any convex-ish shape, angular powder grains included),
+scale-space maxima of the Laplacian of Gaussian (LoG) for small particles
+in heavy noise, where the blur has filled the necks between them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
+from skimage.feature import peak_local_max
+from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
 from slava.measure.prepare import Prepared, border_labels, equivalent_diameters, noise_level, summary
@@ -20,27 +22,8 @@ from slava.measure.record import ParticleStats
 
 DETECTION_SNR = 3.0
 """A blob must beat the filter's response to pure pixel noise by this many standard deviations."""
-
-
-def radius_range(prep: Prepared) -> tuple[float, float]:
-    """(small, large) particle radius (analysis px) from the components' largest inscribed radii.
-
-    A component's deepest point is one particle's inscribed radius even when
-    the component is a clump of touching particles, so these percentiles
-    (median and 95th) are clump-proof scales for the LoG filters.
-    """
-    labels, n = ndi.label(prep.solid)
-    if n == 0:
-        return 0.0, 0.0
-    # Only local maxima of the distance can be a component's deepest point:
-    # reducing over those few pixels avoids a sort of the whole image.
-    dist = prep.solid_distance
-    top = (dist > 0) & (dist == ndi.maximum_filter(dist, size=3))
-    deepest = np.zeros(n + 1, dtype=np.float32)
-    np.maximum.at(deepest, labels[top], dist[top])
-    deepest = deepest[1:]
-    lo, hi = np.percentile(deepest, (50, 95))
-    return float(lo), float(hi)
+CONVEX_SOLIDITY = 0.9
+"""A watershed region less convex than this (area / convex-hull area) is several particles."""
 
 
 def _noise_response(sigma: float) -> float:
@@ -106,44 +89,96 @@ def blob_centres(flat: np.ndarray, mask: np.ndarray, radii: tuple[float, float],
 
 
 def segment_particles(prep: Prepared) -> tuple[np.ndarray, int]:
-    """Label image of particles (analysis pixels), one label per LoG blob.
+    """Label image of particles (analysis pixels), touching particles split by watershed.
 
-    Components holding several blob centres are split by a watershed of
-    their distance transform seeded at those centres; components without a
-    centre (too faint or too thin for the blob filter) keep their own label.
+    A first watershed of the distance transform, seeded at its peaks, cuts
+    clumps at their necks; a particle of any convex shape, an angular grain
+    included, keeps one region. A region that is still clearly non-convex
+    (solidity under ``CONVEX_SOLIDITY``) is several particles whose necks the
+    denoising blur filled — small particles packed in noise — and is re-seeded
+    at its LoG blob centres when it holds two or more. Regions without a
+    seed keep one label.
     """
     mask = prep.solid
     labels, n = ndi.label(mask)
     if n == 0:
         return labels, 0
+    distance = prep.solid_distance
+    deepest = _deepest(labels, n, distance)
+    seeds = _distance_peaks(distance, labels, float(np.median(deepest)))
+    markers = np.zeros(labels.shape, dtype=np.int32)
+    markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1)
+    # Components without a peak (too thin for its depth threshold) keep their own seed.
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[labels[tuple(seeds.T)]] = True
+    extra = np.where(~seeded[labels] & mask, labels + len(seeds), 0)
+    markers = np.maximum(markers, extra)
+    regions = watershed(-distance, markers, mask=mask)
+    regions, count = _relabel(regions)
+    centres = _blob_centres_of(prep, deepest)
+    per_region = np.bincount(regions[tuple(centres.T)], minlength=count + 1)
+    crowded = np.flatnonzero(per_region >= 2)
+    crowded = crowded[crowded > 0]
+    if len(crowded) == 0:
+        return regions, count
+    props = regionprops(np.where(np.isin(regions, crowded), regions, 0))
+    loose = np.zeros(count + 1, dtype=bool)
+    loose[[p.label for p in props if p.solidity < CONVEX_SOLIDITY]] = True
+    if not loose.any():
+        return regions, count
+    inside = centres[loose[regions[tuple(centres.T)]]]
+    markers = np.where(loose[regions], 0, regions)
+    markers[tuple(inside.T)] = np.arange(count + 1, count + 1 + len(inside))
+    split = watershed(-distance, markers, mask=mask)
+    return _relabel(split)
+
+
+def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels renumbered 1..k so label ids index per-particle arrays directly."""
+    used = np.unique(labels)
+    used = used[used > 0]
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lut[used] = np.arange(1, len(used) + 1)
+    return lut[labels], len(used)
+
+
+def _deepest(labels: np.ndarray, n: int, distance: np.ndarray) -> np.ndarray:
+    """Each component's largest inscribed radius (its deepest distance-transform value)."""
+    # Only local maxima of the distance can be a component's deepest point:
+    # reducing over those few pixels avoids a pass over every pixel.
+    top = (distance > 0) & (distance == ndi.maximum_filter(distance, size=3))
+    deepest = np.zeros(n + 1, dtype=np.float32)
+    np.maximum.at(deepest, labels[top], distance[top])
+    return deepest[1:]
+
+
+def _blob_centres_of(prep: Prepared, deepest: np.ndarray) -> np.ndarray:
+    """LoG blob centres in the bright phase, at scales from the components' inscribed radii.
+
+    A component's deepest point is one particle's inscribed radius even when
+    the component is a clump, so the median and 95th percentile over
+    components are clump-proof small and large radii.
+    """
     # Filled cores of edge-bright particles take the bright level, so the LoG
     # sees a blob instead of a ring (whose rim would give several maxima).
     image = prep.flat
-    cores = mask & ~prep.clean
+    cores = prep.solid & ~prep.clean
     if cores.any():
         image = image.copy()
         image[cores] = float(np.mean(prep.flat[prep.clean]))
-    centres = blob_centres(image, mask, radius_range(prep), noise_level(prep.flat))
-    per_component = np.bincount(labels[tuple(centres.T)], minlength=n + 1)
-    clumps = per_component >= 2
-    clumps[0] = False
-    out = labels.copy()
-    count = n
-    if clumps.any():
-        in_clump = clumps[labels]
-        inside = centres[in_clump[tuple(centres.T)]]
-        markers = np.zeros(labels.shape, dtype=np.int32)
-        markers[tuple(inside.T)] = np.arange(n + 1, n + 1 + len(inside))
-        split = watershed(-prep.solid_distance, markers, mask=in_clump)
-        out[in_clump] = split[in_clump]
-        # Relabel to 1..k so label ids index sizes directly.
-        used = np.unique(out)
-        used = used[used > 0]
-        lut = np.zeros(int(out.max()) + 1, dtype=np.int32)
-        lut[used] = np.arange(1, len(used) + 1)
-        out = lut[out]
-        count = len(used)
-    return out, count
+    lo, hi = np.percentile(deepest, (50, 95))
+    return blob_centres(image, prep.solid, (float(lo), float(hi)), noise_level(prep.flat))
+
+
+def _distance_peaks(distance: np.ndarray, labels: np.ndarray, radius: float) -> np.ndarray:
+    """Peaks of the (lightly smoothed) distance transform: one per particle of typical radius ``radius``.
+
+    A peak must be clearly inside a particle (deeper than a third of the
+    typical radius: necks and thin rims are shallower) and at least 0.6 of
+    that radius from a higher one.
+    """
+    return peak_local_max(ndi.gaussian_filter(distance, 1.0), min_distance=max(2, int(round(0.6 * radius))),
+                          threshold_abs=max(1.0, 0.35 * radius), exclude_border=False, labels=labels)
 
 
 def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[str]) -> ParticleStats:

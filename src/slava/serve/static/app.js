@@ -214,7 +214,6 @@ function measurementRows(m) {
     rows.push(["pitch", `${fmt(m.periodicity.pitch)} ${u}`]);
   }
   if (m.texture) rows.push(["GLCM contrast", fmt(m.texture.glcm_contrast)]);
-  for (const note of m.notes || []) rows.push(["note", note]);
   return rows;
 }
 
@@ -222,6 +221,7 @@ async function measure() {
   if (!state.image) return;
   const body = $("measurements").tBodies[0];
   body.replaceChildren();
+  $("notes").replaceChildren();
   $("measure-empty").hidden = true;
   try {
     const result = await api("/v1/measure", { image: state.image });
@@ -229,6 +229,11 @@ async function measure() {
       const row = body.insertRow();
       row.insertCell().textContent = name;
       row.insertCell().textContent = value;
+    }
+    for (const note of result.measurements.notes || []) {
+      const li = document.createElement("li");
+      li.textContent = note;
+      $("notes").append(li);
     }
   } catch (err) {
     $("measure-empty").hidden = false;

@@ -1,0 +1,114 @@
+"""slava eval on a tiny real run: leakage refusal, few-shot path, shifted twins, baselines, report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_run import TINY_CLASSES, make_tiny_run
+
+from slava.eval import tasks as T
+from slava.eval.data import load_eval_data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    run = make_tiny_run(tmp_path_factory.mktemp("tiny_eval"))
+    return run, run.parent / "images"
+
+
+def test_leaked_classes_reads_train_summary(tmp_path):
+    labels = {"meta_classes": {"particles": 3}, "class_names_in_answers": {"porous sponges": 2}}
+    (tmp_path / "train_summary.json").write_text(json.dumps({"labels": labels}))
+    leaked = T.leaked_classes(tmp_path, ["particles", "porous_sponges", "tips"])
+    assert set(leaked) == {"particles", "porous_sponges"}
+    with pytest.raises(T.LeakageError, match="porous_sponges"):
+        T.refuse_leaks(tmp_path, ["tips", "porous_sponges"])
+    T.refuse_leaks(tmp_path, ["tips", "biological"])
+    with pytest.raises(T.LeakageError, match="missing"):
+        T.leaked_classes(tmp_path / "nowhere", ["tips"])
+
+
+def test_zero_shot_on_a_trained_class_is_refused(tiny, tmp_path, capsys):
+    from slava.cli import main
+
+    run, images = tiny
+    code = main(["eval", "--run", str(run), "--data", str(images), "--out", str(tmp_path / "r"),
+                 "--zero-shot", "particles,fibres"])
+    err = capsys.readouterr().err
+    assert code == 1 and "zero-shot evaluation refused" in err and "particles" in err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_batched_prototypes_match_assistant_classify(tiny):
+    from slava.assistant import Assistant
+
+    run, images = tiny
+    assistant = Assistant.load(run)
+    data = load_eval_data(images)
+    query = data.split("test")[:2]
+    support = data.split("train")
+    res = T.few_shot_task(assistant, query, support, list(TINY_CLASSES), [3], in_context_limit=0)
+    pool = {c: [it.image for it in support if it.label == c][:3] for c in TINY_CLASSES}
+    direct = [assistant.classify(it.image, list(TINY_CLASSES), support=pool, mode="prototype").label for it in query]
+    truth = [it.label for it in query]
+    assert res["prototype_3"]["top1"] == pytest.approx(np.mean([d == t for d, t in zip(direct, truth)]))
+
+
+def test_shifted_twin_without_shift_is_the_original_image(tiny, tmp_path):
+    from PIL import Image
+
+    _, images = tiny
+    data = load_eval_data(images)
+    item = data.split("test")[0]
+    twin = T.shifted_items([item], data.synth, None, tmp_path)[0]
+    assert np.array_equal(np.asarray(Image.open(twin.image)), np.asarray(Image.open(item.image)))
+    noisy = T.shifted_items([item], data.synth, "noise", tmp_path / "noise")[0]
+    assert not np.array_equal(np.asarray(Image.open(noisy.image)), np.asarray(Image.open(item.image)))
+    assert twin.label == item.label and twin.truth == item.truth
+
+
+def test_baselines_learn_the_tiny_classes(tiny):
+    from slava.eval.baselines import EfficientNetBaseline, TextureBaseline
+    from slava.eval.metrics import topk_accuracy
+    from slava.io import load_micrograph
+
+    _, images = tiny
+    data = load_eval_data(images)
+    train, test = data.split("train"), data.split("test")
+    px = lambda items: [load_micrograph(it.image).pixels for it in items]  # noqa: E731
+    truth = [it.label for it in test]
+    texture = TextureBaseline().fit(px(train), [it.label for it in train]).rank(px(test))
+    assert topk_accuracy(truth, texture, 1) > 0.6
+    net = EfficientNetBaseline(image_size=64, epochs=3).fit(px(train), [it.label for it in train])
+    ranked = net.rank(px(test))
+    assert all(sorted(r) == sorted(TINY_CLASSES) for r in ranked)
+    assert net.train_s > 0
+
+
+def test_small_end_to_end_eval_writes_report_and_metrics(tiny, tmp_path):
+    from slava.eval.runner import evaluate
+
+    run, images = tiny
+    out = tmp_path / "report"
+    m = evaluate(run, images, out, shots=[1], shifts=["noise"], baselines=["texture"], limit=6, text_limit=1,
+                 log=lambda *_: None)
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("classification", "few_shot", "text", "counting", "baselines", "robustness", "expert_load", "goals"):
+        assert key in saved, key
+    closed = m["classification"]["closed_set"]
+    assert closed["n"] == 6 and sum(map(sum, closed["confusion"])) == 6
+    assert 0 <= closed["macro_f1"] <= 1 and closed["top3"] == 1.0
+    abl = m["classification"]["image_ablation"]
+    assert abl["chance"] == pytest.approx(1 / 3) and 0 <= abl["blank"]["top1"] <= 1
+    assert m["text"]["n"] >= 2 and set(m["text"]["per_task"]) == {"caption", "vqa"}
+    assert 0 <= m["text"]["overall"]["meteor"] <= 1 and 0 <= m["text"]["overall"]["bleu4"] <= 100
+    assert m["counting"]["particle_count"]["n"] + m["counting"]["particle_count"]["unanswered"] >= 1
+    assert set(m["robustness"]["macro_f1"]) == {"clean", "noise"}
+    html = (out / "report.html").read_text()
+    for section in ("Captions and VQA", "Classification", "Image ablation", "Robustness", "Expert load", "data:image/png;base64"):
+        assert section in html
+    assert Path(out / "plots" / "confusion_student.png").is_file()
