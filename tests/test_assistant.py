@@ -14,6 +14,7 @@ from PIL import Image
 
 from slava.assistant import Assistant, AssistantError
 from slava.assistant.grounding import grounded_kind
+from slava.cli import main
 from slava.data.chat import user_turn
 from slava.measure import measure
 from slava.teacher.prompts import MEASURE_QUESTIONS, classify_answer, classify_prompt
@@ -114,22 +115,31 @@ def test_in_context_few_shot_puts_support_images_in_the_prompt(assistant, images
         assistant.classify(query, support=support, mode="nearest")
 
 
-def test_count_question_states_the_measured_number(assistant, images):
-    image = images["particles"][2]
-    answer = assistant.ask(image, "How many particles are visible?")
-    count = measure(assistant.prepare(image)).particles.count
-    assert answer.source == "measurement" and answer.numbers["particle_count"] == count
-    assert f"{count} particles" in answer.text and answer.measurements["particles"]["count"] == count
+def disks(n: int = 6, radius: int = 6, side: int = 128) -> np.ndarray:
+    """Bright, well separated disks on a dark field: a picture every measurement agrees on."""
+    y, x = np.mgrid[:side, :side]
+    image = np.full((side, side), 40, np.uint8)
+    for i in range(n):
+        cx, cy = 24 + 40 * (i % 3), 34 + 52 * (i // 3)
+        image[(x - cx) ** 2 + (y - cy) ** 2 <= radius**2] = 220
+    return image
 
 
-def test_size_answer_is_in_nm_when_calibrated(assistant, images):
-    m = assistant.prepare(images["particles"][2], pixel_size_nm=2.5)
+def test_count_question_states_the_measured_number(assistant):
+    answer = assistant.ask(disks(), "How many particles are visible?")
+    assert answer.source == "measurement" and answer.tokens == 0
+    assert answer.numbers["particle_count"] == 6 and "I count 6 particles" in answer.text
+    assert answer.measurements["particles"]["count"] == 6
+
+
+def test_size_answer_is_in_nm_when_calibrated(assistant):
+    m = assistant.prepare(disks(), pixel_size_nm=2.5)
     answer = assistant.ask(m, "What is the mean particle diameter in nm?")
     expected = measure(m).particles.mean_diameter
     assert answer.source == "measurement" and " nm" in answer.text
-    assert answer.numbers["mean_diameter_nm"] == pytest.approx(expected, rel=1e-2)
-    uncalibrated = assistant.ask(images["particles"][2], "How large are the particles on average?")
-    assert "mean_diameter_px" in uncalibrated.numbers and " px" in uncalibrated.text
+    assert answer.numbers["mean_diameter_nm"] == pytest.approx(expected, rel=1e-2) == pytest.approx(30, rel=0.15)
+    uncalibrated = assistant.ask(disks(), "How large are the particles on average?")
+    assert uncalibrated.numbers["mean_diameter_px"] == pytest.approx(12, rel=0.15) and " px" in uncalibrated.text
 
 
 @pytest.mark.parametrize("question,kind", [
@@ -152,23 +162,37 @@ def test_every_measure_question_is_grounded_or_left_to_the_model():
             assert grounded_kind(q) in (kind, None)
 
 
-def test_commands_print_json(run, images):
+def test_ask_command_prints_json(run, images):
+    done = slava("ask", str(images["particles"][0]), "How many particles are visible?", "--run", str(run), "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["source"] == "measurement" and "particle_count" in answer["numbers"]
+
+
+def cli_json(capsys, *args: str) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_commands_print_json(run, images, capsys):
     image = str(images["particles"][0])
-    ask = json.loads(slava("ask", image, "How many particles are visible?", "--run", str(run), "--json").stdout)
-    assert ask["source"] == "measurement" and "particle_count" in ask["numbers"]
-    cap = json.loads(slava("caption", image, "--run", str(run), "--json", "--max-new-tokens", "8").stdout)
+    cap = cli_json(capsys, "caption", image, "--run", str(run), "--max-new-tokens", "8")
     assert cap["text"] and cap["tokens"] <= 8
-    cls = json.loads(slava("classify", image, "--run", str(run), "--json").stdout)
-    assert [r["label"] for r in cls["ranked"]][0] == cls["label"] and len(cls["ranked"]) == 3
-    few = json.loads(slava("classify", image, "--run", str(run), "--support", str(run.parent / "images"),
-                           "--shots", "2", "--json").stdout)
+    cls = cli_json(capsys, "classify", image, "--run", str(run))
+    assert cls["ranked"][0]["label"] == cls["label"] and len(cls["ranked"]) == 3
+    few = cli_json(capsys, "classify", image, "--run", str(run), "--support", str(run.parent / "images"), "--shots", "2")
     assert few["mode"] == "prototype"
-    meas = json.loads(slava("measure", image, "--pixel-size", "2", "--json").stdout)
+    meas = cli_json(capsys, "measure", image, "--pixel-size", "2")
     assert meas["unit"] == "nm" and meas["pixel_size_nm"] == 2.0
 
 
-def test_human_output_and_errors(run, images, tmp_path):
-    out = slava("classify", str(images["fibres"][0]), "--run", str(run))
-    assert out.returncode == 0 and "zero-shot" in out.stdout and "%" in out.stdout
-    bad = slava("ask", str(images["fibres"][0]), "What is this?", "--run", str(tmp_path))
-    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "not a trained run" in bad.stderr
+def test_human_output_and_errors(run, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLAVA_RUN", str(run))
+    assert main(["classify", str(images["fibres"][0])]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot" in out and "%" in out
+    assert main(["measure", str(images["fibres"][0])]) == 0
+    assert "particles" in capsys.readouterr().out
+    assert main(["ask", str(images["fibres"][0]), "What is this?", "--run", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a trained run" in err

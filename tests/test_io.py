@@ -417,13 +417,47 @@ def test_cli_inspect_reports_bad_file_in_one_line(tmp_path):
     assert out.stderr.strip().count("\n") == 0 and "bad.png" in out.stderr
 
 
-def test_synthetic_generator_bars_found():
+def _jpeg_copy(image: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _synth_set():
+    """40 synthetic images (4 per class) with their truth and bar polarity (True: light band)."""
     synth = pytest.importorskip("slava.synth")
-    if not hasattr(synth, "generate"):
-        pytest.skip("slava.synth.generate not available yet")
+    out = []
     for cls in synth.CLASSES:
-        for seed in (1, 3):
+        for seed in (1, 3, 5, 7):
             image, truth = synth.generate(cls, seed, size=256)
-            m = micrograph_from_array(image)
-            assert m.data_bar is not None and abs(m.data_bar[1] - truth["data_bar"][1]) <= 2, (cls, seed)
-            assert m.scale_bar_px == pytest.approx(truth["scale_bar_px"], abs=2), (cls, seed)
+            out.append((image, truth, bool(np.median(image[truth["data_bar"][1] :]) > 128)))
+    assert {light for *_, light in out} == {True, False}
+    return out
+
+
+def test_synthetic_generator_bars_found():
+    for image, truth, light in _synth_set():
+        m = micrograph_from_array(image)
+        assert m.data_bar is not None and abs(m.data_bar[1] - truth["data_bar"][1]) <= 2, (truth["class"], light)
+        assert m.scale_bar_px == pytest.approx(truth["scale_bar_px"], abs=2), (truth["class"], light)
+
+
+def test_synthetic_bars_found_in_jpeg_copies():
+    found = {True: [], False: []}
+    for image, truth, light in _synth_set():
+        m = load_micrograph_bytes(_jpeg_copy(image, 85), name="copy.jpg")
+        found[light].append(m.data_bar is not None and abs(m.data_bar[1] - truth["data_bar"][1]) <= 2)
+    rate = sum(map(sum, found.values())) / sum(map(len, found.values()))
+    print(f"JPEG q85 data-bar rate {rate:.3f} (light {sum(found[True])}/{len(found[True])}, "
+          f"dark {sum(found[False])}/{len(found[False])})")
+    assert rate >= 0.95
+    assert all(sum(v) >= 0.9 * len(v) for v in found.values())
+
+
+@pytest.mark.parametrize("dark", [True, False])
+@pytest.mark.parametrize("quality", [75, 95])
+def test_rendered_bar_found_in_jpeg(dark, quality):
+    image, _ = with_bar(texture(256, 320, seed=5), band_h=30, bar_x=20, bar_len=80, dark=dark, line=not dark)
+    m = load_micrograph_bytes(_jpeg_copy(image, quality), name="bar.jpg")
+    assert m.data_bar is not None and abs(m.data_bar[1] - 226) <= 2
+    assert m.scale_bar_px == pytest.approx(80, abs=2)

@@ -62,6 +62,27 @@ def test_touching_discs_are_split_by_watershed():
     assert np.allclose(sorted(p.diameters_px), [24, 24, 36, 36], rtol=0.08)
 
 
+def test_dense_small_noisy_discs_are_counted_within_10_percent():
+    # 60 discs of radius 4 on a jittered grid, some touching: the LoG seeds must split what the blur merged.
+    rng = np.random.default_rng(5)
+    grid = [(r, c) for r in range(20, 240, 28) for c in range(20, 240, 28)]
+    picks = rng.choice(len(grid), 60, replace=False)
+    centres = [(grid[i][0] + rng.uniform(-5, 5), grid[i][1] + rng.uniform(-5, 5), 4) for i in picks]
+    p = measure(Micrograph(pixels=_noisy(_discs(centres), seed=2, sigma=0.12)), kinds=("particles",)).particles
+    assert abs(p.count + p.border_count - 60) <= 6, (p.count, p.border_count)
+    assert abs(p.median_diameter - 8) < 2
+
+
+def test_edge_bright_ring_particle_is_sized_as_a_whole_disc():
+    # SE edge contrast: a bright rim around a darker core still is one particle of the outer size.
+    img = np.full((256, 256), 0.2, np.float32)
+    img[disk((128, 128), 30, shape=img.shape)] = 0.85
+    img[disk((128, 128), 22, shape=img.shape)] = 0.4
+    p = measure(Micrograph(pixels=_noisy(img)), kinds=("particles",)).particles
+    assert p.count == 1
+    assert abs(p.diameters_px[0] - 60) / 60 < 0.05
+
+
 def test_particles_cut_by_the_edge_are_reported_apart():
     img = _discs([(128, 128, 15), (0, 128, 15), (128, 255, 10)])
     m = measure(Micrograph(pixels=_noisy(img)), kinds=("particles",))

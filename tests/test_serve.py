@@ -41,24 +41,34 @@ def server_env(key: str | None) -> dict:
     return env
 
 
-def start_server(run: Path, key: str | None, *args: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `slava serve` and wait for /healthz; returns (process, base URL)."""
+def launch_server(run: Path, key: str | None, *args: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `slava serve` in the background; returns (process, base URL)."""
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(serve_command(run, "--port", str(port), *args), env=server_env(key),
                                 stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen, base: str, log: Path) -> str:
+    """Wait for /healthz of a launched server; returns its base URL."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return proc, base
+                return base
         except httpx.TransportError:
             time.sleep(0.2)
-    proc.terminate()
+    stop_server(proc)
     raise RuntimeError(f"server did not come up:\n{log.read_text()}")
+
+
+def start_server(run: Path, key: str | None, *args: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `slava serve` and wait until it answers; returns (process, base URL)."""
+    proc, base = launch_server(run, key, *args, log=log)
+    return proc, wait_ready(proc, base, log)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -70,7 +80,7 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def synthetic_png(cls: str, seed: int, size: int = 160) -> bytes:
+def synthetic_png(cls: str, seed: int, size: int = 192) -> bytes:
     """A synthetic SEM micrograph (with its data bar) as PNG bytes."""
     from PIL import Image
 
@@ -87,7 +97,8 @@ def data_url(data: bytes, media: str = "image/png") -> str:
 
 
 def image_message(url: str, text: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}]
+    parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return [{"role": "user", "content": parts}]
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +107,22 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
-    proc, base = start_server(run_dir, KEY, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "8",
-                              log=tmp_path_factory.mktemp("serve") / "server.log")
-    yield base
-    stop_server(proc)
+def servers(run_dir, tmp_path_factory):
+    """A server with a key and one with --insecure-local, started side by side to overlap their start-up."""
+    logs = tmp_path_factory.mktemp("serve")
+    keyed = launch_server(run_dir, KEY, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "8",
+                          log=logs / "keyed.log")
+    open_ = launch_server(run_dir, None, "--insecure-local", log=logs / "open.log")
+    try:
+        yield {"keyed": wait_ready(*keyed, logs / "keyed.log"), "open": wait_ready(*open_, logs / "open.log")}
+    finally:
+        stop_server(keyed[0])
+        stop_server(open_[0])
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> str:
+    return servers["keyed"]
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +141,13 @@ def auth(key: str = KEY) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_refuses_to_start_without_key_or_flag(run_dir):
-    result = subprocess.run(serve_command(run_dir, "--port", str(free_port())), env=server_env(None),
+def test_refuses_to_start_without_key_or_flag(tmp_path):
+    # The check comes before the run is loaded, so any path will do.
+    result = subprocess.run(serve_command(tmp_path, "--port", str(free_port())), env=server_env(None),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "SLAVA_API_KEY" in result.stderr and "--insecure-local" in result.stderr
-    result = subprocess.run(serve_command(run_dir, "--insecure-local", "--host", "0.0.0.0"), env=server_env(None),
+    result = subprocess.run(serve_command(tmp_path, "--insecure-local", "--host", "0.0.0.0"), env=server_env(None),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "loopback" in result.stderr
 
@@ -259,8 +282,8 @@ def test_preview_crops_the_data_bar(server, images):
     r = httpx.post(f"{server}/v1/preview", headers=auth(), json={"image": data_url(images["particles"])})
     assert r.status_code == 200, r.text
     p = r.json()
-    assert p["original_size"] == [160, 160] and p["data_bar"] is not None
-    assert p["width"] == 160 and p["height"] < 160
+    assert p["original_size"] == [192, 192] and p["data_bar"] is not None
+    assert p["width"] == 192 and p["height"] < 192
     png = Image.open(io.BytesIO(base64.b64decode(p["image"].split(",", 1)[1])))
     assert png.size == (p["width"], p["height"])
 
@@ -319,10 +342,9 @@ def test_200_concurrent_requests_stay_with_their_own_image(server, images):
     assert health["largest_batch"] > 1 and health["waiting"] == 0
 
 
-def test_insecure_local_serves_without_a_key(run_dir, tmp_path):
-    proc, base = start_server(run_dir, None, "--insecure-local", log=tmp_path / "server.log")
-    try:
-        assert httpx.get(f"{base}/healthz").json()["auth_required"] is False
-        assert httpx.get(f"{base}/v1/models").status_code == 200
-    finally:
-        stop_server(proc)
+def test_insecure_local_serves_without_a_key(servers, images):
+    base = servers["open"]
+    assert httpx.get(f"{base}/healthz").json()["auth_required"] is False
+    assert httpx.get(f"{base}/v1/models").status_code == 200
+    r = httpx.post(f"{base}/v1/classify", json={"image": data_url(images["particles"])})
+    assert r.status_code == 200 and len(r.json()["ranked"]) == 3

@@ -62,10 +62,14 @@ def test_every_class_renders_with_consistent_truth(cls, size):
 @pytest.mark.parametrize("seed", range(6))
 def test_scale_bar_and_data_bar_pixels_match_truth(seed):
     img, t = generate(CLASSES[seed % len(CLASSES)], seed, size=256)
+    bx0, by0, bx1, by1 = t["data_bar"]
+    band = img[by0:by1].astype(int)
+    fill = np.bincount(band.ravel()).argmax()
     x0, y0, x1, y1 = t["scale_bar_box"]
-    assert img[y0:y1, x0:x1].min() >= 200
-    row = img[(y0 + y1) // 2] >= 128
-    # The run of white pixels through the bar has the recorded length.
+    # The bar is drawn in the ink colour, far from the fill whatever the polarity.
+    assert np.abs(band[y0 - by0 : y1 - by0, x0:x1] - fill).min() >= 150
+    row = np.abs(img[(y0 + y1) // 2].astype(int) - fill) >= 100
+    # The run of ink pixels through the bar has the recorded length.
     left = x0
     while left > 0 and row[left - 1]:
         left -= 1
@@ -73,12 +77,26 @@ def test_scale_bar_and_data_bar_pixels_match_truth(seed):
     while right < img.shape[1] and row[right]:
         right += 1
     assert abs((right - left) - t["scale_bar_px"]) <= 1
-    bx0, by0, bx1, by1 = t["data_bar"]
-    band = img[by0:by1]
-    assert np.median(band) < 40 and (band > 128).mean() < 0.3
-    # Every row of the band is mostly its one flat dark value, text and bar aside.
-    fill = np.bincount(band.ravel()).argmax()
-    assert fill < 40 and ((band == fill).mean(axis=1) > 0.5).all()
+    assert (np.abs(band - fill) > 100).mean() < 0.3
+    # Every row of the band is mostly its one flat value (dark or light), text
+    # and bar aside, except a separator line of at most 2 rows at its top.
+    flat = (band == fill).mean(axis=1) > 0.5
+    separator = int(np.argmax(flat))
+    assert separator <= 2 and flat[separator:].all()
+    assert all(len(np.unique(r)) == 1 for r in band[:separator])
+
+
+def test_data_bar_styles_vary_by_seed():
+    """Both polarities, separator lines and bar placements occur, so detectors see every style."""
+    light, separated, bar_right = set(), set(), set()
+    for seed in range(40):
+        img, t = generate(CLASSES[seed % len(CLASSES)], seed, size=128)
+        band = img[t["data_bar"][1] :]
+        fill = np.bincount(band.ravel()).argmax()
+        light.add(bool(fill > 128))
+        separated.add(bool((band[0] != fill).mean() > 0.9))
+        bar_right.add(t["scale_bar_box"][0] > 128 // 2)
+    assert light == separated == bar_right == {True, False}
 
 
 def test_particle_count_and_diameters_match_rendered_instances():

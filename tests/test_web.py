@@ -97,10 +97,10 @@ def test_upload_preview_classify_measure_and_chat(server, browser, run_dir, tmp_
         "Describe this micrograph.", "How many particles are there?"]
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
-    # The whole page in one picture: grow the window to the document, then shoot from the top.
-    for _ in range(2):  # the chat card's height follows the window, so measure again after one resize
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1360, min(max(height, 900), 2000))
+    # The whole page in one picture: a viewport as tall as the document (headless windows stop at the screen).
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1360, "height": height, "deviceScaleFactor": 1, "mobile": False})
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000

@@ -45,14 +45,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation (or the ablations) and print where the results are."""
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.ablations:
-        from slava.eval.ablations import run_ablations
+        from slava.eval.ablations import ablation_table, run_ablations
 
         rows = run_ablations(args.ablations, args.data, args.out, steps=args.ablation_steps, limit=args.limit or 40)
-        print(open(f"{args.out}/ablations.md").read() if rows else "no variants run")
+        print(ablation_table(rows, args.ablation_steps))
         return 0
     from slava.assistant import default_run
     from slava.eval.runner import evaluate

@@ -77,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
     )
     auth = "bearer key required" if api_key else "NO authentication (--insecure-local)"
     print(f"serving {run_dir} on http://{args.host}:{args.port}/ ({auth})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -21,17 +21,25 @@ import numpy as np
 TOL = 0.05
 # Padding pixels of a JPEG-compressed band stay this close to the background.
 TIGHT = 0.03
-# Median offset from the background of a band row: JPEG noise of a flat band,
-# not image noise. Text pixels are a minority in every band row, so they do
-# not move the median.
-MAX_ROW_SPREAD = 0.012
+# Median offset from the background of a padding row: JPEG noise of a flat
+# band, not image noise.
+MAX_PAD_SPREAD = 0.025
 # A band row has at least this share of background pixels (text rows dip to ~0.5).
 MIN_ROW_BACKGROUND = 0.35
-# The rows at the top of the band, under its edge, are padding: nearly all background.
-MIN_EDGE_BACKGROUND = 0.9
-# The image row above the band's edge has at most this share of pixels that
-# pass for band background: a visible step, not a flat image running into the band.
-MAX_ABOVE_BACKGROUND = 0.7
+# The rows at the top of the band, under its edge, are padding: nearly all
+# background, and most of it tight even where JPEG rings beside the edge.
+MIN_EDGE_BACKGROUND = 0.8
+MIN_EDGE_TIGHT = 0.55
+# The image row above the band's edge has at least this much smaller a share
+# of tight background pixels than the band's first row: a visible step, not a
+# flat image or texture running into the band.
+MIN_STEP = 0.3
+# Under a sheer edge (the row above holds almost no band-coloured pixels),
+# JPEG rings a few rows into the band; its padding then only has to be
+# mostly background with a moderate spread.
+SHEER_ABOVE = 0.1
+MIN_RINGING_BACKGROUND = 0.75
+MAX_RINGING_SPREAD = 0.035
 # The band is searched for in the bottom part of the image only.
 MAX_BAR_FRACTION = 0.35
 # Frame lines or a stray row of the image under the band (as in Zeiss files).
@@ -86,8 +94,9 @@ def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     share = (offset <= TOL).mean(axis=1)
     tight = (offset <= TIGHT).mean(axis=1)
     spread = np.median(offset, axis=1)
-    bar_row = (share >= MIN_ROW_BACKGROUND) & (spread <= MAX_ROW_SPREAD)
-    pure = (tight >= MIN_EDGE_BACKGROUND) & bar_row
+    bar_row = share >= MIN_ROW_BACKGROUND
+    pure = (share >= MIN_EDGE_BACKGROUND) & (tight >= MIN_EDGE_TIGHT) & (spread <= MAX_PAD_SPREAD)
+    ringing = (share >= MIN_RINGING_BACKGROUND) & (spread <= MAX_RINGING_SPREAD)
 
     end = len(share)
     skipped = 0
@@ -99,10 +108,14 @@ def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
         start -= 1
     # The band opens with padding rows under a visible step; a flat image that
     # runs into the band with no step leaves the band's top unknown.
-    start = next(
-        (y for y in range(start, end - 1) if pure[y] and pure[y + 1] and y > 0 and tight[y - 1] <= MAX_ABOVE_BACKGROUND),
-        None,
-    )
+    def edge(y: int) -> bool:
+        if y == 0:
+            return False
+        if share[y - 1] <= SHEER_ABOVE and ringing[y] and ringing[y + 1]:
+            return True
+        return bool(pure[y] and pure[y + 1] and tight[y - 1] <= tight[y] - MIN_STEP)
+
+    start = next((y for y in range(start, end - 1) if edge(y)), None)
     if start is None or end - start < max(6, int(0.03 * h)):
         return None
     band = region[start:end]

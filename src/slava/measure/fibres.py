@@ -100,28 +100,54 @@ def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, ke
                     reach: float) -> list[tuple[int, int]]:
     """Pairs of kept segments that pass straight through a junction.
 
-    A segment's direction at a junction runs from the junction's centre to
-    the mean of the segment's pixels within ``reach`` of it; all (junction,
-    segment) means come from one ``bincount`` over a map where every pixel
-    carries the nearest junction within ``reach``. At each junction the most
-    opposite pairs are joined greedily while their cosine is below
+    A segment's direction at a junction is its tangent where it leaves it:
+    from its attaching pixels (those touching the junction) to the mean of
+    its pixels within ``reach`` of them. Measuring from the junction's centre
+    instead bends the direction towards the centre of a wide junction, so
+    two halves of one fibre no longer look opposite. At each junction the
+    most opposite pairs are joined greedily while their cosine is below
     ``STRAIGHT_COS``.
     """
     if n_junc == 0:
         return []
-    centres = np.asarray(ndi.center_of_mass(junctions > 0, junctions, np.arange(1, n_junc + 1)), dtype=float)
-    near, (ir, ic) = ndi.distance_transform_edt(junctions == 0, return_indices=True)
-    owner = junctions[ir, ic]
-    on = (segments > 0) & (near <= reach) & keep[segments]
-    if not on.any():
+    n_keys = len(keep)
+    h, w = segments.shape
+    padded = np.pad(junctions, 1)
+    rows, cols, keys = [], [], []
+    for dr, dc in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+        shifted = padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+        r, c = np.nonzero((shifted > 0) & keep[segments])
+        rows.append(r)
+        cols.append(c)
+        keys.append(shifted[r, c].astype(np.int64) * n_keys + segments[r, c])
+    # One (junction, segment, pixel) triple per attaching pixel, however many of its neighbours are junction.
+    triples = np.unique(np.stack([np.concatenate(keys), np.concatenate(rows), np.concatenate(cols)], axis=1), axis=0)
+    if len(triples) == 0:
         return []
-    rows, cols = np.nonzero(on)
-    key = owner[on].astype(np.int64) * (len(keep)) + segments[on]
-    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    mean_r = np.bincount(inverse, rows) / counts
-    mean_c = np.bincount(inverse, cols) / counts
-    j_of, s_of = uniq // len(keep), uniq % len(keep)
-    vec = np.stack([mean_r - centres[j_of - 1, 0], mean_c - centres[j_of - 1, 1]], axis=1)
+    pair_keys, inverse, counts = np.unique(triples[:, 0], return_inverse=True, return_counts=True)
+    attach = np.stack([np.bincount(inverse, triples[:, 1]), np.bincount(inverse, triples[:, 2])], axis=1) / counts[:, None]
+    j_of, s_of = pair_keys // n_keys, pair_keys % n_keys
+    # A segment meets at most a few junctions: one vectorised pass per rank
+    # of (junction, segment) pair within its segment.
+    order = np.argsort(s_of, kind="stable")
+    first = np.searchsorted(s_of[order], s_of[order])
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - first
+    pix_r, pix_c = np.nonzero(keep[segments])
+    pix_s = segments[pix_r, pix_c]
+    total = np.zeros((len(pair_keys), 2))
+    number = np.zeros(len(pair_keys))
+    for k in range(int(rank.max()) + 1):
+        pair_of_seg = np.full(n_keys, -1, dtype=np.int64)
+        pair_of_seg[s_of[rank == k]] = np.flatnonzero(rank == k)
+        pair = pair_of_seg[pix_s]
+        has = pair >= 0
+        pr, pc, pair = pix_r[has], pix_c[has], pair[has]
+        near = np.hypot(pr - attach[pair, 0], pc - attach[pair, 1]) <= reach
+        number += np.bincount(pair[near], minlength=len(pair_keys))
+        total[:, 0] += np.bincount(pair[near], pr[near], minlength=len(pair_keys))
+        total[:, 1] += np.bincount(pair[near], pc[near], minlength=len(pair_keys))
+    vec = total / np.maximum(number, 1)[:, None] - attach
     norm = np.hypot(vec[:, 0], vec[:, 1])
     good = norm > 0
     j_of, s_of, vec = j_of[good], s_of[good], vec[good] / norm[good, None]

@@ -17,13 +17,15 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
-from slava.measure.prepare import Prepared, border_labels, equivalent_diameters, noise_level, summary
+from slava.measure.prepare import Prepared, border_labels, denoise_sigma, equivalent_diameters, noise_level, summary
 from slava.measure.record import ParticleStats
 
 DETECTION_SNR = 3.0
 """A blob must beat the filter's response to pure pixel noise by this many standard deviations."""
-CONVEX_SOLIDITY = 0.9
-"""A watershed region less convex than this (area / convex-hull area) is several particles."""
+NECK_RADIUS_IN_BLURS = 6.0
+"""Inscribed radius, in denoising-blur sigmas, below which the blur may have filled a clump's necks."""
+CONVEX_SOLIDITY = 0.95
+"""A watershed region less convex than this (area / convex-hull area) may be several particles."""
 
 
 def _noise_response(sigma: float) -> float:
@@ -69,10 +71,10 @@ def blob_centres(flat: np.ndarray, mask: np.ndarray, radii: tuple[float, float],
     if factor > 1:
         peaks = np.minimum(peaks * factor + factor // 2, np.array(mask.shape) - 1)
     peaks = peaks[mask[tuple(peaks.T)]]
+    strength = best[tuple((peaks // factor).T)]
+    reach = np.sqrt(2.0) * factor * best_sigma[tuple((peaks // factor).T)]
     if len(peaks) < 2:
         return peaks
-    strength = best[tuple((peaks // factor).T)] if factor > 1 else best[tuple(peaks.T)]
-    reach = np.sqrt(2.0) * factor * best_sigma[tuple((peaks // factor).T)]
     order = np.argsort(-strength)
     peaks, reach = peaks[order], reach[order]
     keep = np.ones(len(peaks), dtype=bool)
@@ -93,11 +95,12 @@ def segment_particles(prep: Prepared) -> tuple[np.ndarray, int]:
 
     A first watershed of the distance transform, seeded at its peaks, cuts
     clumps at their necks; a particle of any convex shape, an angular grain
-    included, keeps one region. A region that is still clearly non-convex
-    (solidity under ``CONVEX_SOLIDITY``) is several particles whose necks the
-    denoising blur filled — small particles packed in noise — and is re-seeded
-    at its LoG blob centres when it holds two or more. Regions without a
-    seed keep one label.
+    included, keeps one region. A region that is non-convex (solidity under
+    ``CONVEX_SOLIDITY``) and narrow (inscribed radius under
+    ``NECK_RADIUS_IN_BLURS`` denoising-blur sigmas) may be several small
+    particles packed in noise whose necks the blur filled; it is re-seeded
+    at its LoG blob centres, which are matched to the particle size, when it
+    holds two or more. Regions without a seed keep one label.
     """
     mask = prep.solid
     labels, n = ndi.label(mask)
@@ -121,9 +124,13 @@ def segment_particles(prep: Prepared) -> tuple[np.ndarray, int]:
     crowded = crowded[crowded > 0]
     if len(crowded) == 0:
         return regions, count
-    props = regionprops(np.where(np.isin(regions, crowded), regions, 0))
+    # Only particles a few blurs wide can have had their necks filled; a
+    # wider non-convex region is one irregular particle (a powder grain).
+    blur = denoise_sigma(prep.flat)
+    props = regionprops(np.where(np.isin(regions, crowded), regions, 0), intensity_image=distance)
     loose = np.zeros(count + 1, dtype=bool)
-    loose[[p.label for p in props if p.solidity < CONVEX_SOLIDITY]] = True
+    loose[[p.label for p in props
+           if p.intensity_max < NECK_RADIUS_IN_BLURS * blur and p.solidity < CONVEX_SOLIDITY]] = True
     if not loose.any():
         return regions, count
     inside = centres[loose[regions[tuple(centres.T)]]]

@@ -19,6 +19,9 @@ from skimage.transform import downscale_local_mean
 MAX_SIDE = 512
 """Longest side analysed; larger images are block-averaged down so every kind stays fast."""
 
+CORE_FRACTION = 0.6
+"""Largest dark core, as a share of its filled particle's area: a rim at least ~a fifth of the radius wide."""
+
 
 @dataclass
 class Prepared:
@@ -50,12 +53,13 @@ class Prepared:
 
     @cached_property
     def solid(self) -> np.ndarray:
-        """``clean`` with enclosed dark holes under half a typical bright object filled.
+        """``clean`` with enclosed dark holes smaller than a typical filled bright object filled.
 
         SE edge contrast makes objects bright at their rims and darker inside;
-        a particle then thresholds as a ring. Holes much smaller than the
-        objects around them are such cores; larger ones (pores in a film)
-        stay open.
+        a particle then thresholds as a ring whose core may be larger than
+        the rim itself. So a hole counts as a core when it is under
+        ``CORE_FRACTION`` of a typical object *with its holes filled*; larger
+        ones (pores in a film, substrate ringed by a clump) stay open.
         """
         clean, dark_labels, n_dark = self._phases
         if n_dark == 0:
@@ -65,12 +69,12 @@ class Prepared:
         enclosed[0] = False
         if not enclosed.any():
             return clean
-        labels, n = ndi.label(clean)
+        labels, n = ndi.label(clean | enclosed[dark_labels])
         if n == 0:
             return clean
         typical_area = float(np.median(np.bincount(labels.ravel())[1:]))
         hole_areas = np.bincount(dark_labels.ravel(), minlength=n_dark + 1)
-        fill = enclosed & (hole_areas < 0.5 * typical_area)
+        fill = enclosed & (hole_areas < CORE_FRACTION * typical_area)
         return clean | fill[dark_labels] if fill.any() else clean
 
     @cached_property

@@ -10,6 +10,7 @@ while they stream in, and decoded images are capped again.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hmac
@@ -136,11 +137,9 @@ def _batch_handlers(assistant) -> dict:
     def chat(calls: Sequence[ChatCall]) -> list:
         return [_attempt(answer_chat, assistant, c) for c in calls]
 
+    # Jobs batch only with the same labels, so one batched forward scores them all.
     def classify(calls: Sequence[tuple]) -> list:
-        labels = calls[0][1]
-        if len(calls) > 1 and hasattr(assistant, "classify_batch"):
-            return list(assistant.classify_batch([image for image, _ in calls], list(labels)))
-        return [_attempt(assistant.classify, image, list(labels)) for image, _ in calls]
+        return list(assistant.classify_batch([image for image, _ in calls], list(calls[0][1])))
 
     def measure(images: Sequence[Any]) -> list:
         return [_attempt(assistant.measure, image) for image in images]
@@ -216,7 +215,6 @@ def create_app(
             worker.close()
 
     app = FastAPI(title="sLAVA", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.assistant = assistant
     app.state.worker = worker
     app.state.model_name = model_name
     app.state.created = int(time.time())
@@ -241,7 +239,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
-        code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return error_response(exc.status_code, str(exc.detail), code.get(exc.status_code), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -271,7 +269,7 @@ def create_app(
         """The micrograph as the model sees it: data bar cropped, with its calibration."""
         data, name, fields = await read_image_request(request, max_upload_bytes)
         micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
-        url, scale = _png_data_url(micrograph.pixels)
+        url, scale = await asyncio.to_thread(_png_data_url, micrograph.pixels)
         return {
             "object": "preview",
             "image": url,
@@ -292,7 +290,7 @@ def create_app(
         """Ranked labels with probabilities for one image (JSON or multipart)."""
         data, name, fields = await read_image_request(request, max_upload_bytes)
         chosen = _parse_labels(fields.get("labels"), app.state.labels)
-        micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
+        micrograph = await to_micrograph(data, name)
         result = await worker.run("classify", (micrograph, tuple(chosen)), key=tuple(chosen))
         ranked = [{"label": label, "probability": float(p)} for label, p in result.ranked]
         return {"object": "classification", "model": model_name, "label": ranked[0]["label"], "ranked": ranked,

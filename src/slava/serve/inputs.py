@@ -113,7 +113,8 @@ async def read_image_request(request: Request, max_bytes: int) -> tuple[bytes, s
         if not isinstance(image, str) or not image:
             raise ApiError(400, "field 'image' (a data URL or base64 string) is required", code="missing_image",
                            param="image")
-        return decode_base64_image(image, max_bytes), _name(body.get("name")), {k: v for k, v in body.items() if k != "image"}
+        fields = {k: v for k, v in body.items() if k != "image"}
+        return decode_base64_image(image, max_bytes), _name(body.get("name")), fields
     raise ApiError(400, f"unsupported content type {ctype!r}: send application/json or multipart/form-data",
                    code="unsupported_content_type")
 

@@ -112,7 +112,8 @@ def messages_to_turns(messages: Any) -> tuple[list[dict], list[str]]:
             _text_of(message.get("content"), role, i, [])
             continue
         if role not in ROLES:
-            raise ApiError(400, f"messages[{i}] has role {role!r}; supported: user, assistant, system", param="messages")
+            raise ApiError(400, f"messages[{i}] has role {role!r}; supported: user, assistant, system",
+                           param="messages")
         # A client's literal placeholder would claim image slots the request has no image for.
         text = _text_of(message.get("content"), role, i, images).replace(IMAGE_TOKEN, " ").strip()
         speaker = ROLES[role]
@@ -202,7 +203,7 @@ async def chat_completions(request: Request):
                        code="too_many_images", param="messages")
     data = decode_base64_image(urls[0], state.max_upload_bytes, param="image_url", allow_bare=False)
     micrograph = await to_micrograph(data)
-    result = await state.worker.run("chat", ChatCall(micrograph, turns, max_tokens, strategy), key=(max_tokens, strategy))
+    result = await state.worker.run("chat", ChatCall(micrograph, turns, max_tokens, strategy))
     answer = result.answer
     text, stopped = _apply_stop(answer.text, stop)
     finish_reason = "stop" if stopped else answer.finish_reason
