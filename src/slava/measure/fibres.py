@@ -125,7 +125,8 @@ def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, ke
     if len(triples) == 0:
         return []
     pair_keys, inverse, counts = np.unique(triples[:, 0], return_inverse=True, return_counts=True)
-    attach = np.stack([np.bincount(inverse, triples[:, 1]), np.bincount(inverse, triples[:, 2])], axis=1) / counts[:, None]
+    attach = np.stack([np.bincount(inverse, triples[:, 1]), np.bincount(inverse, triples[:, 2])], axis=1)
+    attach /= counts[:, None]
     j_of, s_of = pair_keys // n_keys, pair_keys % n_keys
     # A segment meets at most a few junctions: one vectorised pass per rank
     # of (junction, segment) pair within its segment.
