@@ -59,7 +59,7 @@ def llava_tokens_per_s(lm_cfg, n_new: int, prompt_len: int) -> float:
     vision = CLIPVisionConfig(image_size=160, patch_size=32, hidden_size=256, intermediate_size=512,
                               num_hidden_layers=2, num_attention_heads=4)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=lm_cfg.vocab_size + 1,
-                      vision_feature_select_strategy="full")
+                      vision_feature_select_strategy="default")
     torch.manual_seed(0)
     model = get_peft_model(LlavaForConditionalGeneration(cfg).eval(), LoraConfig(
         r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))

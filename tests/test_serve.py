@@ -348,3 +348,36 @@ def test_insecure_local_serves_without_a_key(servers, images):
     assert httpx.get(f"{base}/v1/models").status_code == 200
     r = httpx.post(f"{base}/v1/classify", json={"image": data_url(images["particles"])})
     assert r.status_code == 200 and len(r.json()["ranked"]) == 3
+
+
+def test_worker_batches_by_key_and_isolates_failures():
+    import threading
+
+    from slava.serve.batching import ModelWorker
+
+    gate = threading.Event()
+    seen: list[list] = []
+
+    def square(payloads):
+        gate.wait(10)  # hold the first batch so the rest queue up behind it
+        seen.append(list(payloads))
+        if any(p < 0 for p in payloads):
+            raise ValueError("negative")
+        return [p * p for p in payloads]
+
+    worker = ModelWorker({"square": square}, max_batch=3)
+    worker.start()
+    try:
+        futures = [worker.submit("square", p, key=p % 2) for p in (1, 2, 3, 5, -7, 4, 9)]
+        gate.set()
+        results = []
+        for f in futures:
+            try:
+                results.append(f.result(10))
+            except ValueError as exc:
+                results.append(str(exc))
+    finally:
+        worker.close()
+    assert results == [1, 4, 9, 25, "negative", 16, 81]
+    assert all(len({p % 2 for p in batch}) == 1 and len(batch) <= 3 for batch in seen)
+    assert worker.largest_batch == 3 and worker.waiting == 0
