@@ -461,3 +461,16 @@ def test_rendered_bar_found_in_jpeg(dark, quality):
     m = load_micrograph_bytes(_jpeg_copy(image, quality), name="bar.jpg")
     assert m.data_bar is not None and abs(m.data_bar[1] - 226) <= 2
     assert m.scale_bar_px == pytest.approx(80, abs=2)
+
+
+def test_png_phys_chunk_gives_pixel_size_and_72_dpi_is_ignored(tmp_path):
+    from slava.io.readers import png_dpi_for
+
+    img = Image.fromarray(np.full((40, 50), 128, np.uint8))
+    calibrated, screen = tmp_path / "cal.png", tmp_path / "screen.png"
+    img.save(calibrated, dpi=png_dpi_for(2.5))
+    img.save(screen, dpi=(72, 72))
+    m = load_micrograph(calibrated)
+    assert m.pixel_size_source == "png-phys" and abs(m.pixel_size_nm - 2.5) < 1e-6
+    assert load_micrograph(calibrated, pixel_size_nm=4.0).pixel_size_nm == 4.0
+    assert load_micrograph(screen).pixel_size_nm is None

@@ -207,6 +207,12 @@ def test_cli_writes_the_layout(tmp_path):
     assert summary["per_class"] == {"tips": 4, "particles": 4, "fibres": 4}
     assert summary["ranges"]["particles"]["pixel_size_nm"][0] > 0
     assert (out / "contact_sheet.png").stat().st_size > 1000
+    from slava.io import load_micrograph
+
+    for x in lines:
+        m = load_micrograph(out / x["path"])
+        assert m.pixel_size_source == "png-phys"
+        assert abs(m.pixel_size_nm - x["pixel_size_nm"]) < 1e-6 * x["pixel_size_nm"]
 
 
 @pytest.mark.parametrize(

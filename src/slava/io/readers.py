@@ -21,7 +21,7 @@ import numpy as np
 from slava.io.databar import find_data_bar
 from slava.io.micrograph import Micrograph, MicrographError
 from slava.io.scalebar import find_scale_bar, read_scale_label_nm
-from slava.io.tiff_meta import tiff_pixel_sizes
+from slava.io.tiff_meta import MAX_CALIBRATION_NM, tiff_pixel_sizes
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Largest image (width × height) decoded by default; larger ones are refused as decompression bombs."""
@@ -32,7 +32,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _LUMA = np.array([0.299, 0.587, 0.114])
 # Metadata wins over the sidecar and the sidecar over the scale bar: that is
 # the order of their precision. An explicit caller value overrides them all.
-_SOURCE_ORDER = ("caller", "zeiss-cz-sem", "fei", "tifffile", "sidecar", "scale-bar")
+_SOURCE_ORDER = ("caller", "zeiss-cz-sem", "fei", "tifffile", "png-phys", "sidecar", "scale-bar")
 
 
 @dataclass
@@ -177,8 +177,29 @@ def _decode_pil(source: str | BinaryIO, name: str, max_pixels: int) -> _Decoded:
             im.seek(0)
             im.load()
             decoded = _from_pil_image(im, fmt)
+            physical = png_pixel_size_nm(im.info.get("dpi")) if fmt == "PNG" else None
     decoded.info["pages"] = pages
+    if physical is not None:
+        decoded.pixel_sizes["png-phys"] = physical
     return decoded
+
+
+def png_pixel_size_nm(dpi: Any) -> float | None:
+    """Pixel size in nm from a PNG pHYs chunk (Pillow reports it as dpi), or None.
+
+    Screen and print resolutions (anything coarser than 10 µm per pixel, such as
+    the common 72 dpi) say nothing about the specimen and are ignored.
+    """
+    if not dpi or not dpi[0] or dpi[0] <= 0:
+        return None
+    nm = 25.4e6 / float(dpi[0])
+    return nm if nm < MAX_CALIBRATION_NM else None
+
+
+def png_dpi_for(pixel_size_nm: float) -> tuple[float, float]:
+    """The ``dpi`` to hand Pillow so a PNG's pHYs chunk records ``pixel_size_nm``."""
+    dpi = 25.4e6 / pixel_size_nm
+    return dpi, dpi
 
 
 def _decode(source: str | BinaryIO, head: bytes, name: str, max_pixels: int) -> _Decoded:

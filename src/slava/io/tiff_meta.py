@@ -28,7 +28,7 @@ _UNIT_NM = {
 
 # A calibration coarser than this is a print/screen resolution (72 dpi is
 # 352,778 nm per pixel), not a microscope's pixel size.
-_MAX_PLAUSIBLE_NM = 1e4
+MAX_CALIBRATION_NM = 1e4
 
 _ZEISS_KEYS = ("ap_image_pixel_size", "ap_pixel_size")
 _ZEISS_TEXT = re.compile(r"^\s*(Image Pixel Size|Pixel Size)\s*=\s*([-+0-9.eE]+)\s*(\S+)", re.MULTILINE)
@@ -127,7 +127,7 @@ def resolution_pixel_size_nm(page: Any, imagej_metadata: dict | None) -> float |
             nm = 2.54e7 / per_unit
         elif code == 3:
             nm = 1e7 / per_unit
-    if nm is None or not 0 < nm < _MAX_PLAUSIBLE_NM:
+    if nm is None or not 0 < nm < MAX_CALIBRATION_NM:
         return None
     return nm
 

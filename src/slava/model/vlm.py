@@ -132,9 +132,17 @@ class SlavaModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        tower_tokens: torch.Tensor | None = None,
     ) -> VLMOutput:
-        """Logits [B,T,V], and with `labels` the next-token loss on non-ignored labels, plus router losses."""
-        image_embeds = None if pixels is None else self.encode_images(pixels)
+        """Logits [B,T,V], and with `labels` the next-token loss on non-ignored labels, plus router losses.
+
+        `tower_tokens` [B,N,D_tower] replace `pixels` with the frozen tower's output computed
+        beforehand (the trainer encodes each image once instead of once per record and epoch).
+        """
+        if tower_tokens is not None:
+            image_embeds = self.projector(tower_tokens)
+        else:
+            image_embeds = None if pixels is None else self.encode_images(pixels)
         embeds = self.embed(input_ids, image_embeds)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from slava.io.readers import png_dpi_for
 from slava.synth.generate import MIN_SIZE, generate
 from slava.synth.params import CLASS_NAMES, CLASSES, SynthError, check_class, check_shift, image_seed
 
@@ -18,10 +19,21 @@ SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.1), ("test", 0.2))
 _META_FILES = ("ground_truth.jsonl", "splits.json", "contact_sheet.png", "summary.json")
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """8-bit grey PNG with fixed options and no metadata, so equal pixels give equal bytes."""
+# A pHYs chunk counts pixels per metre in 32 bits: finer than this it cannot be written.
+_FINEST_PHYS_NM = 1e9 / (2**32 - 1)
+
+
+def png_bytes(image: np.ndarray, pixel_size_nm: float | None = None) -> bytes:
+    """8-bit grey PNG with fixed options, so equal pixels give equal bytes.
+
+    The pixel size goes into the standard pHYs chunk, as a calibrated
+    instrument export would carry it, so `slava.io` reads it back.
+    """
     buf = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buf, format="PNG", compress_level=6, optimize=False)
+    extra = {}
+    if pixel_size_nm is not None and pixel_size_nm > _FINEST_PHYS_NM:
+        extra["dpi"] = png_dpi_for(pixel_size_nm)
+    Image.fromarray(image, mode="L").save(buf, format="PNG", compress_level=6, optimize=False, **extra)
     return buf.getvalue()
 
 
@@ -32,7 +44,7 @@ def _job(args):
     ident = f"{cls}-{index:06d}"
     truth = {"id": ident, "path": f"{cls}/{ident}.png", **truth}
     # Only the first images of each class travel back for the contact sheet.
-    return truth, png_bytes(image), image if index < 4 * n_classes else None
+    return truth, png_bytes(image, truth["pixel_size_nm"]), image if index < 4 * n_classes else None
 
 
 def make_splits(truths: list[dict], seed: int) -> dict[str, list[str]]:
