@@ -67,14 +67,18 @@ def _fmt(value: float) -> str:
     return f"{int(v)}" if float(v).is_integer() else f"{v:g}"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _particles(m: Measurements, kind: str) -> tuple[str, dict] | None:
     p = m.particles
     if p is None:
         return None
     u = m.unit
     if kind == "particle_count":
-        edge = f" ({p.border_count} more are cut by the image edge and not counted)" if p.border_count else ""
-        return f"I count {p.count} particles{edge}.", {"particle_count": p.count}
+        edge = f" ({p.border_count} more cut by the image edge and not counted)" if p.border_count else ""
+        return f"I count {_n(p.count, 'particle')}{edge}.", {"particle_count": p.count}
     if kind == "coverage":
         return (f"The particles cover {_fmt(100 * p.coverage)} % of the image area.",
                 {"coverage": _num(p.coverage)})
@@ -91,7 +95,7 @@ def _fibres(m: Measurements, kind: str) -> tuple[str, dict] | None:
     if f is None:
         return None
     if kind == "fibre_count":
-        return f"I count {f.count} fibres.", {"fibre_count": f.count}
+        return f"I count {_n(f.count, 'fibre')}.", {"fibre_count": f.count}
     if kind == "orientation":
         if f.orientation_deg is None:
             return "The fibres show no dominant orientation.", {}
@@ -111,7 +115,7 @@ def _pores(m: Measurements, kind: str) -> tuple[str, dict] | None:
     if kind == "pore_fraction":
         return f"Pores take up {_fmt(100 * p.pore_fraction)} % of the area.", {"pore_fraction": _num(p.pore_fraction)}
     if kind == "pore_count":
-        return f"I count {p.count} pores.", {"pore_count": p.count}
+        return f"I count {_n(p.count, 'pore')}.", {"pore_count": p.count}
     if kind == "ligament_width":
         if p.mean_ligament_width is None:
             return "No ligaments between pores were found.", {}
