@@ -170,6 +170,19 @@ def test_openai_client_chat_and_models(client, images, run_dir):
     assert again.choices[0].message.content == choice.message.content
 
 
+def test_sampling_settings_reach_the_model(client, images):
+    messages = image_message(data_url(images["particles"]), "Describe this micrograph.")
+    greedy = client.chat.completions.create(model="any", max_tokens=24, messages=messages).choices[0].message.content
+    # A vanishing nucleus keeps only the most likely token: sampling then equals greedy decoding,
+    # while a wide nucleus at a high temperature wanders off it on an unsure tiny model.
+    narrow = [client.chat.completions.create(model="any", max_tokens=24, messages=messages, temperature=1.5,
+                                             top_p=1e-6).choices[0].message.content for _ in range(3)]
+    wide = {client.chat.completions.create(model="any", max_tokens=24, messages=messages, temperature=2.0,
+                                           top_p=1.0).choices[0].message.content for _ in range(3)}
+    assert narrow == [greedy] * 3
+    assert wide != {greedy}
+
+
 def test_streaming_matches_the_whole_answer(client, images):
     messages = image_message(data_url(images["fibres"]), "Describe this micrograph.")
     whole = client.chat.completions.create(model="any", max_tokens=12, messages=messages)

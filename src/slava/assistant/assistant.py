@@ -151,8 +151,19 @@ class Assistant:
         """Answer one question about ``image``; counting and size questions are measured."""
         return self.chat(image, [user_turn(question)], max_new_tokens=max_new_tokens, strategy=strategy)
 
-    def chat(self, image: ImageInput, turns: Sequence[dict], max_new_tokens: int = 128, strategy: str = "greedy") -> Answer:
-        """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``."""
+    def chat(
+        self,
+        image: ImageInput,
+        turns: Sequence[dict],
+        max_new_tokens: int = 128,
+        strategy: str = "greedy",
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+    ) -> Answer:
+        """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
+
+        ``top_p`` and ``temperature`` apply to ``strategy="top_p"`` sampling only.
+        """
         start = time.perf_counter()
         turns = [dict(t) for t in turns]
         if not turns or turns[-1].get("from") != "human":
@@ -166,7 +177,10 @@ class Assistant:
             return self._grounded(micrograph, kind, start)
         prompt = self._prompt(turns)
         with torch.inference_mode():
-            out = self.model.generate(self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy)[0]
+            out = self.model.generate(
+                self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy, top_p=top_p,
+                temperature=temperature,
+            )[0]
         return Answer(
             text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
             finish_reason="length" if len(out) >= max_new_tokens else "stop",

@@ -17,7 +17,7 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
-from slava.measure.prepare import Prepared, border_labels, denoise_sigma, equivalent_diameters, noise_level, summary
+from slava.measure.prepare import Prepared, border_labels, equivalent_diameters, summary
 from slava.measure.record import ParticleStats
 
 DETECTION_SNR = 3.0
@@ -126,7 +126,7 @@ def segment_particles(prep: Prepared) -> tuple[np.ndarray, int]:
         return regions, count
     # Only particles a few blurs wide can have had their necks filled; a
     # wider non-convex region is one irregular particle (a powder grain).
-    blur = denoise_sigma(prep.flat)
+    blur = prep.blur
     props = regionprops(np.where(np.isin(regions, crowded), regions, 0), intensity_image=distance)
     loose = np.zeros(count + 1, dtype=bool)
     loose[[p.label for p in props
@@ -174,7 +174,7 @@ def _blob_centres_of(prep: Prepared, deepest: np.ndarray) -> np.ndarray:
         image = image.copy()
         image[cores] = float(np.mean(prep.flat[prep.clean]))
     lo, hi = np.percentile(deepest, (50, 95))
-    return blob_centres(image, prep.solid, (float(lo), float(hi)), noise_level(prep.flat))
+    return blob_centres(image, prep.solid, (float(lo), float(hi)), prep.noise)
 
 
 def _distance_peaks(distance: np.ndarray, labels: np.ndarray, radius: float) -> np.ndarray:
@@ -182,10 +182,34 @@ def _distance_peaks(distance: np.ndarray, labels: np.ndarray, radius: float) -> 
 
     A peak must be clearly inside a particle (deeper than a third of the
     typical radius: necks and thin rims are shallower) and at least 0.6 of
-    that radius from a higher one.
+    that radius (Chebyshev) from a higher one in the same component.
+    Equivalent to skimage's ``peak_local_max(labels=...)`` but in one pass
+    over the image instead of one per component, which dominated the cost
+    of busy fields.
     """
-    return peak_local_max(ndi.gaussian_filter(distance, 1.0), min_distance=max(2, int(round(0.6 * radius))),
-                          threshold_abs=max(1.0, 0.35 * radius), exclude_border=False, labels=labels)
+    reach = max(2, int(round(0.6 * radius)))
+    depth = ndi.gaussian_filter(distance, 1.0)
+    # Outside the particles is lowest so no peak looks across the background,
+    # as skimage's per-component masking does.
+    depth = np.where(labels > 0, depth, -np.inf).astype(np.float32)
+    top = (depth == ndi.maximum_filter(depth, size=2 * reach + 1, mode="nearest")) & (depth > max(1.0, 0.35 * radius))
+    peaks = np.argwhere(top)
+    if len(peaks) < 2:
+        return peaks
+    peaks = peaks[np.argsort(-depth[tuple(peaks.T)], kind="stable")]
+    pairs = cKDTree(peaks).query_pairs(reach, p=np.inf, output_type="ndarray")
+    if len(pairs) == 0:
+        return peaks
+    owner = labels[tuple(peaks.T)]
+    pairs = np.sort(pairs[owner[pairs[:, 0]] == owner[pairs[:, 1]]], axis=1)
+    # ``query_pairs`` includes pairs exactly ``reach`` apart, which skimage keeps.
+    pairs = pairs[np.abs(peaks[pairs[:, 0]] - peaks[pairs[:, 1]]).max(axis=1) < reach]
+    keep = np.ones(len(peaks), dtype=bool)
+    # Pair order by (stronger, weaker) index is strength order: a peak only suppresses while kept.
+    for a, b in pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]:
+        if keep[a]:
+            keep[b] = False
+    return peaks[keep]
 
 
 def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[str]) -> ParticleStats:

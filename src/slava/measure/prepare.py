@@ -29,6 +29,8 @@ class Prepared:
 
     ``scale`` is micrograph pixels per analysis pixel (≥ 1): a length measured
     in analysis pixels times ``scale`` is a length in micrograph pixels.
+    ``noise`` is the pixel noise of ``flat`` and ``blur`` the Gaussian sigma
+    that made ``smooth`` from it.
     """
 
     image: np.ndarray
@@ -37,6 +39,8 @@ class Prepared:
     scale: float
     bright: np.ndarray
     threshold: float
+    noise: float
+    blur: float
 
     @cached_property
     def _phases(self) -> tuple[np.ndarray, np.ndarray, int]:
@@ -112,10 +116,12 @@ def prepare(pixels: np.ndarray, max_side: int = MAX_SIDE) -> Prepared:
     # Percentiles of a strided sample: the stretch needs two robust numbers, not an exact sort.
     lo, hi = np.percentile(flat[::2, ::2], (0.5, 99.5))
     flat = np.clip((flat - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
-    smooth = ndi.gaussian_filter(flat, denoise_sigma(flat), truncate=3.0)
+    noise = noise_level(flat)
+    blur = denoise_sigma(noise)
+    smooth = ndi.gaussian_filter(flat, blur, truncate=3.0)
     threshold = float(threshold_otsu(smooth)) if smooth.max() > smooth.min() else 0.5
     return Prepared(image=image, flat=flat, smooth=smooth, scale=float(factor), bright=smooth > threshold,
-                    threshold=threshold)
+                    threshold=threshold, noise=noise, blur=blur)
 
 
 def noise_level(flat: np.ndarray) -> float:
@@ -128,9 +134,9 @@ def noise_level(flat: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
 
 
-def denoise_sigma(flat: np.ndarray) -> float:
-    """Gaussian sigma (px) that tames the image's pixel noise: 1 for clean images, up to 3."""
-    return float(np.clip(12.0 * noise_level(flat), 1.0, 3.0))
+def denoise_sigma(noise: float) -> float:
+    """Gaussian sigma (px) that tames pixel noise ``noise``: 1 for clean images, up to 3."""
+    return float(np.clip(12.0 * noise, 1.0, 3.0))
 
 
 def remove_specks(mask: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, int]:

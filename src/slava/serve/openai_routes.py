@@ -45,6 +45,8 @@ class ChatCall:
     turns: list[dict]
     max_tokens: int
     strategy: str
+    top_p: float
+    temperature: float
 
 
 @dataclass
@@ -67,7 +69,10 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
                        f"{context} tokens: shorten the history", code="context_length_exceeded", param="messages")
     # As with OpenAI, max_tokens is an upper bound: the reply stops where the context ends.
     max_tokens = min(call.max_tokens, context - len(prompt))
-    answer = assistant.chat(call.image, call.turns, max_new_tokens=max_tokens, strategy=call.strategy)
+    answer = assistant.chat(
+        call.image, call.turns, max_new_tokens=max_tokens, strategy=call.strategy, top_p=call.top_p,
+        temperature=call.temperature,
+    )
     completion = answer.tokens if answer.source == "model" else len(tokenizer.encode(answer.text))
     return ChatResult(answer, len(prompt), completion, max_tokens)
 
@@ -141,8 +146,8 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
     return float(value)
 
 
-def _options(body: dict) -> tuple[int, str, list[str], bool, bool]:
-    """(max_tokens, strategy, stop sequences, stream, include_usage) of a request body."""
+def _options(body: dict) -> tuple[int, str, float, float, list[str], bool, bool]:
+    """(max_tokens, strategy, top_p, temperature, stop sequences, stream, include_usage) of a request body."""
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
@@ -162,7 +167,7 @@ def _options(body: dict) -> tuple[int, str, list[str], bool, bool]:
     stream_options = body.get("stream_options") or {}
     include_usage = bool(isinstance(stream_options, dict) and stream_options.get("include_usage"))
     strategy = "top_p" if temperature > 0 and top_p > 0 else "greedy"
-    return max_tokens, strategy, stop, stream, include_usage
+    return max_tokens, strategy, top_p, temperature, stop, stream, include_usage
 
 
 def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -194,7 +199,7 @@ async def chat_completions(request: Request):
     state = request.app.state
     body = await read_json(request)
     turns, urls = messages_to_turns(body.get("messages"))
-    max_tokens, strategy, stop, stream, include_usage = _options(body)
+    max_tokens, strategy, top_p, temperature, stop, stream, include_usage = _options(body)
     if not urls:
         raise ApiError(400, "no image: add the micrograph as an image_url part (a data URL) to a user message",
                        code="missing_image", param="messages")
@@ -203,7 +208,7 @@ async def chat_completions(request: Request):
                        code="too_many_images", param="messages")
     data = decode_base64_image(urls[0], state.max_upload_bytes, param="image_url", allow_bare=False)
     micrograph = await to_micrograph(data)
-    result = await state.worker.run("chat", ChatCall(micrograph, turns, max_tokens, strategy))
+    result = await state.worker.run("chat", ChatCall(micrograph, turns, max_tokens, strategy, top_p, temperature))
     answer = result.answer
     text, stopped = _apply_stop(answer.text, stop)
     finish_reason = "stop" if stopped else answer.finish_reason

@@ -135,7 +135,10 @@ class CheckpointManager:
         for old in self.complete()[: -self.keep]:
             if old != newest:
                 shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob(".tmp-*"):
+        # A numbered directory without meta.json is one whose deletion a kill interrupted
+        # (new ones only appear by rename, complete): finish deleting it.
+        partial = [p for p in self.root.glob("ckpt-*") if not (p / "meta.json").is_file()]
+        for stale in [*self.root.glob(".tmp-*"), *partial]:
             shutil.rmtree(stale, ignore_errors=True)
 
     def load(self, path: Path | None = None) -> Checkpoint | None:
