@@ -83,6 +83,57 @@ def test_edge_bright_ring_particle_is_sized_as_a_whole_disc():
     assert abs(p.diameters_px[0] - 60) / 60 < 0.05
 
 
+def test_large_edge_bright_grain_with_a_dim_face_is_one_particle():
+    # A big angular grain: thin bright rim, face a little above the substrate, core far larger
+    # than the typical object (the small grains beside it), so only its grey level marks it as inside.
+    img = np.full((256, 256), 0.2, np.float32)
+    outer = [(40, 60), (50, 200), (200, 215), (215, 50)]
+    inner = [(52, 72), (61, 188), (188, 203), (203, 62)]
+    img[polygon(*zip(*outer), shape=img.shape)] = 0.85
+    img[polygon(*zip(*inner), shape=img.shape)] = 0.5
+    for r, c in [(20, 20), (20, 235), (235, 235), (235, 20), (120, 240)]:
+        img[disk((r, c), 6, shape=img.shape)] = 0.85
+    p = measure(Micrograph(pixels=_noisy(img)), kinds=("particles",)).particles
+    assert p.count + p.border_count == 6, (p.count, p.border_count)
+    grain = np.pi * (max(p.diameters_px) / 2) ** 2
+    assert abs(grain - polygon(*zip(*outer), shape=img.shape)[0].size) / grain < 0.1
+
+
+def test_substrate_dark_hole_in_a_ring_stays_open():
+    # A ring of bright material around plain substrate (a clump, a pore) is not filled.
+    img = np.full((256, 256), 0.2, np.float32)
+    img[disk((128, 128), 70, shape=img.shape)] = 0.85
+    img[disk((128, 128), 55, shape=img.shape)] = 0.2
+    p = measure(Micrograph(pixels=_noisy(img)), kinds=("particles",)).particles
+    ring = (np.pi * (70**2 - 55**2)) / 256**2
+    assert abs(p.coverage - ring) < 0.02
+
+
+def test_fast_solidity_and_peak_helpers_match_the_skimage_definitions():
+    from skimage.feature import peak_local_max
+    from skimage.filters import threshold_otsu
+    from skimage.measure import regionprops
+    from scipy import ndimage as ndi
+
+    from slava.measure import particles as P
+    from slava.measure.prepare import edt, otsu
+
+    rng = np.random.default_rng(7)
+    img = np.zeros((200, 200), bool)
+    for _ in range(40):  # overlapping discs: convex blobs and non-convex clumps
+        img[disk(tuple(rng.integers(10, 190, 2)), int(rng.integers(3, 12)), shape=img.shape)] = True
+    labels, n = ndi.label(img)
+    for region in regionprops(labels):
+        assert P._non_convex(region.image) == (region.solidity < P.CONVEX_SOLIDITY)
+    distance = edt(img)
+    assert np.allclose(distance, ndi.distance_transform_edt(img), atol=1e-5)
+    expected = peak_local_max(ndi.gaussian_filter(distance, 1.0), min_distance=3, threshold_abs=1.75,
+                              exclude_border=False, labels=labels)
+    assert {tuple(p) for p in P._distance_peaks(distance, labels, 5.0)} == {tuple(p) for p in expected}
+    grey = rng.random((64, 64)).astype(np.float32) ** 2
+    assert otsu(grey) == pytest.approx(threshold_otsu(grey), abs=1e-6)
+
+
 def test_particles_cut_by_the_edge_are_reported_apart():
     img = _discs([(128, 128, 15), (0, 128, 15), (128, 255, 10)])
     m = measure(Micrograph(pixels=_noisy(img)), kinds=("particles",))
@@ -151,6 +202,17 @@ def test_pore_fraction_matches_drawn_pores():
     assert abs(p.pore_fraction - truth.mean()) < 0.03
     assert p.count > 10 and 8 < p.mean_pore_size < 30
     assert p.mean_ligament_width > 0
+
+
+def test_lbp_histogram_counts_the_uniform_patterns():
+    from slava.measure.texture import lbp_histogram
+
+    flat = np.full((8, 8), 3, np.uint8)
+    assert lbp_histogram(flat)[8] == 64  # every neighbour ≥ centre: all eight bits set
+    spot = flat.copy()
+    spot[4, 4] = 9  # a bright pixel: no neighbour reaches it (label 0), its neighbours see one brighter
+    hist = lbp_histogram(spot)
+    assert hist[0] == 1 and hist.sum() == 64 and hist[9] == 0
 
 
 def test_texture_tells_smooth_from_rough():

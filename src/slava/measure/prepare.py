@@ -1,8 +1,9 @@
 """The analysis image shared by every measurement: downsampled, flattened, thresholded once.
 
-Everything derived from it (the cleaned bright phase, its distance transform
-and skeleton, the particle scale) is computed lazily and at most once per
-image, so asking for several kinds costs little more than asking for one.
+Everything derived from it (the smoothed image and its bright phase, the
+cleaned phase, its distance transform and skeleton) is computed lazily and
+at most once per image, so asking for several kinds costs little more than
+asking for one, and a kind pays only for what it uses.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from functools import cached_property
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
 from skimage.morphology import skeletonize
 from skimage.transform import downscale_local_mean
 
@@ -21,6 +21,11 @@ MAX_SIDE = 512
 
 CORE_FRACTION = 0.6
 """Largest dark core, as a share of its filled particle's area: a rim at least ~a fifth of the radius wide."""
+INSIDE_LIFT = 0.2
+"""An enclosed hole this far (as a share of substrate → bright phase) above the substrate grey is an object's inside.
+
+0.1–0.3 all help the synthetic powders (large rim-bright grains); 0.2 keeps
+a margin above substrate-dark pores, which never reach it there."""
 
 
 @dataclass
@@ -29,18 +34,40 @@ class Prepared:
 
     ``scale`` is micrograph pixels per analysis pixel (≥ 1): a length measured
     in analysis pixels times ``scale`` is a length in micrograph pixels.
-    ``noise`` is the pixel noise of ``flat`` and ``blur`` the Gaussian sigma
-    that made ``smooth`` from it.
+    Only ``image`` and ``flat`` are made up front; texture and periodicity
+    need nothing else, so the smoothing and thresholding wait for a kind
+    that asks for them.
     """
 
     image: np.ndarray
     flat: np.ndarray
-    smooth: np.ndarray
     scale: float
-    bright: np.ndarray
-    threshold: float
-    noise: float
-    blur: float
+
+    @cached_property
+    def noise(self) -> float:
+        """Pixel noise (standard deviation) of ``flat``."""
+        return noise_level(self.flat)
+
+    @cached_property
+    def blur(self) -> float:
+        """Gaussian sigma that makes ``smooth`` from ``flat``, stronger for noisier images."""
+        return denoise_sigma(self.noise)
+
+    @cached_property
+    def smooth(self) -> np.ndarray:
+        """``flat`` blurred by ``blur``: shot noise no longer breaks the bright phase into specks."""
+        return ndi.gaussian_filter(self.flat, self.blur, truncate=3.0)
+
+    @cached_property
+    def threshold(self) -> float:
+        """Otsu's threshold of ``smooth``."""
+        smooth = self.smooth
+        return otsu(smooth) if smooth.max() > smooth.min() else 0.5
+
+    @cached_property
+    def bright(self) -> np.ndarray:
+        """The bright phase: ``smooth`` above ``threshold``."""
+        return self.smooth > self.threshold
 
     @cached_property
     def _phases(self) -> tuple[np.ndarray, np.ndarray, int]:
@@ -51,19 +78,27 @@ class Prepared:
         return ~dark, dark_labels, n_dark
 
     @cached_property
+    def dark_labels(self) -> tuple[np.ndarray, int]:
+        """Labels of the dark phase (``~clean``: every component of it) and their number."""
+        return self._phases[1], self._phases[2]
+
+    @cached_property
     def clean(self) -> np.ndarray:
         """The bright phase without specks: small bright islands dropped, small dark holes filled."""
         return self._phases[0]
 
     @cached_property
     def solid(self) -> np.ndarray:
-        """``clean`` with enclosed dark holes smaller than a typical filled bright object filled.
+        """``clean`` with the enclosed dark holes that are the cores of edge-bright objects filled.
 
         SE edge contrast makes objects bright at their rims and darker inside;
         a particle then thresholds as a ring whose core may be larger than
         the rim itself. So a hole counts as a core when it is under
-        ``CORE_FRACTION`` of a typical object *with its holes filled*; larger
-        ones (pores in a film, substrate ringed by a clump) stay open.
+        ``CORE_FRACTION`` of a typical object *with its holes filled*, or,
+        whatever its size, when its mean grey level is more than
+        ``INSIDE_LIFT`` of the way from the substrate's to the bright
+        phase's (a large grain's dim face). Other holes (pores in a film,
+        substrate ringed by a clump) stay open.
         """
         clean, dark_labels, n_dark = self._phases
         if n_dark == 0:
@@ -79,19 +114,28 @@ class Prepared:
         typical_area = float(np.median(np.bincount(labels.ravel())[1:]))
         hole_areas = np.bincount(dark_labels.ravel(), minlength=n_dark + 1)
         fill = enclosed & (hole_areas < CORE_FRACTION * typical_area)
+        # A hole much brighter than the substrate is the dim inside of an
+        # edge-bright object however large; pores and substrate ringed by
+        # a clump are substrate-dark.
+        hole_means = np.bincount(dark_labels.ravel(), self.flat.ravel(), minlength=n_dark + 1) / np.maximum(hole_areas, 1)
+        # The substrate is the open dark phase; the holes would bias it towards their own level.
+        open_dark = (~enclosed)[dark_labels] & (dark_labels > 0)
+        substrate = float(np.median(self.flat[open_dark if open_dark.any() else dark_labels > 0]))
+        rim = float(np.mean(self.flat[clean]))
+        fill |= enclosed & (hole_means - substrate > INSIDE_LIFT * (rim - substrate))
         return clean | fill[dark_labels] if fill.any() else clean
 
     @cached_property
     def distance(self) -> np.ndarray:
         """Distance from each pixel of ``clean`` to the dark phase (0 outside)."""
-        return ndi.distance_transform_edt(self.clean).astype(np.float32)
+        return edt(self.clean)
 
     @cached_property
     def solid_distance(self) -> np.ndarray:
         """Distance transform of ``solid`` (shared with ``distance`` when nothing was filled)."""
         if self.solid is self.clean:
             return self.distance
-        return ndi.distance_transform_edt(self.solid).astype(np.float32)
+        return edt(self.solid)
 
     @cached_property
     def skeleton(self) -> np.ndarray:
@@ -100,13 +144,12 @@ class Prepared:
 
 
 def prepare(pixels: np.ndarray, max_side: int = MAX_SIDE) -> Prepared:
-    """Downsample to ≤ ``max_side``, flatten uneven illumination and split bright from dark.
+    """Downsample to ≤ ``max_side`` and flatten uneven illumination.
 
     The background is a very wide Gaussian (a sixth of the field): wide enough
     that it follows detector shading and charging gradients but not the
-    objects themselves. Otsu on the smoothed flattened image gives the bright
-    phase; the smoothing, stronger for noisier images, keeps shot noise from
-    breaking it into specks.
+    objects themselves. Otsu on the smoothed flattened image then gives the
+    bright phase (``Prepared.bright``, made when first asked for).
     """
     image = np.asarray(pixels, dtype=np.float32)
     factor = int(np.ceil(max(image.shape) / max_side))
@@ -116,12 +159,38 @@ def prepare(pixels: np.ndarray, max_side: int = MAX_SIDE) -> Prepared:
     # Percentiles of a strided sample: the stretch needs two robust numbers, not an exact sort.
     lo, hi = np.percentile(flat[::2, ::2], (0.5, 99.5))
     flat = np.clip((flat - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
-    noise = noise_level(flat)
-    blur = denoise_sigma(noise)
-    smooth = ndi.gaussian_filter(flat, blur, truncate=3.0)
-    threshold = float(threshold_otsu(smooth)) if smooth.max() > smooth.min() else 0.5
-    return Prepared(image=image, flat=flat, smooth=smooth, scale=float(factor), bright=smooth > threshold,
-                    threshold=threshold, noise=noise, blur=blur)
+    return Prepared(image=image, flat=flat, scale=float(factor))
+
+
+def edt(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each True pixel to the nearest False one, float32 (0 on False).
+
+    scipy's feature transform, with the distances taken from it in 32 bits:
+    about 15 % less time than ``distance_transform_edt``'s float64 pass.
+    """
+    features = ndi.distance_transform_edt(mask, return_distances=False, return_indices=True)
+    features -= np.indices(mask.shape, dtype=features.dtype)
+    return np.sqrt((features[0] * features[0] + features[1] * features[1]).astype(np.float32))
+
+
+def otsu(image: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold over a ``bins``-bin histogram, as skimage's ``threshold_otsu`` computes it.
+
+    The histogram is one ``bincount`` of the scaled values: several times
+    faster than the ``np.histogram`` skimage uses, for the same bins.
+    """
+    lo, hi = float(image.min()), float(image.max())
+    if hi <= lo:
+        return lo
+    index = np.minimum(((image.ravel() - lo) * (bins / (hi - lo))).astype(np.intp), bins - 1)
+    counts = np.bincount(index, minlength=bins).astype(np.float64)
+    centres = lo + (np.arange(bins) + 0.5) * ((hi - lo) / bins)
+    below = np.cumsum(counts)
+    above = np.cumsum(counts[::-1])[::-1]
+    mean_below = np.cumsum(counts * centres) / np.maximum(below, 1.0)
+    mean_above = (np.cumsum((counts * centres)[::-1]) / np.maximum(above[::-1], 1.0))[::-1]
+    between = below[:-1] * above[1:] * (mean_below[:-1] - mean_above[1:]) ** 2
+    return float(centres[int(np.argmax(between))])
 
 
 def noise_level(flat: np.ndarray) -> float:
