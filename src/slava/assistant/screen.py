@@ -75,6 +75,10 @@ def list_images(root: Path) -> list[str]:
     return sorted(found)
 
 
+# The columns `_flat` writes; texture is left out of screening because no column reads it.
+SCREEN_KINDS = ("particles", "fibres", "pores", "periodicity")
+
+
 def _flat(m) -> dict:
     p, f, o, per = m.particles, m.fibres, m.pores, m.periodicity
     return {
@@ -106,7 +110,7 @@ def decode_one(job: tuple[str, str, int, bool]) -> dict:
         if with_measure:
             from slava.measure import measure
 
-            row.update(_flat(measure(micrograph)))
+            row.update(_flat(measure(micrograph, kinds=SCREEN_KINDS)))
     except Exception as exc:  # noqa: BLE001 - any failure of one file becomes its row's error
         row.pop("pixels", None)
         row["error"] = f"{type(exc).__name__}: {exc}"
