@@ -55,7 +55,8 @@ def test_corrupt_files_become_error_rows(run, folder, tmp_path):
         top3 = json.loads(row["top3"])
         assert [t[0] for t in top3][0] == row["label"] and len(top3) == 3
         assert row["sha256"] == hashlib.sha256((folder / row["path"]).read_bytes()).hexdigest()
-    assert good["particle_count"].notna().all() and (good["unit"] == "px").all()
+    # Synthetic PNGs carry their calibration (pHYs), so sizes come out in nm.
+    assert good["particle_count"].notna().all() and (good["unit"] == "nm").all() and good["pixel_size_nm"].notna().all()
     page = (tmp_path / "results.csv.html").read_text()
     assert "Least certain images" in page and page.count("data:image/png;base64") >= 2 and "not_an_image.png" in page
 
