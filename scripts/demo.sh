@@ -8,7 +8,7 @@ OUT=${OUT:-demo}
 RUN=${RUN:-runs/tiny-cpu}
 N=${N:-400}
 LIMIT=${LIMIT:-80}
-TEXT_LIMIT=${TEXT_LIMIT:-20}
+TEXT_LIMIT=${TEXT_LIMIT:-10}
 mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[demo] $1 ($(( $(date +%s) - start )) s)"; }

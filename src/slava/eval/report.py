@@ -89,7 +89,8 @@ def plot_expert_load(load: dict[str, list[float]], path: Path) -> Path:
     grid = np.asarray([load[n] for n in names], dtype=float)
     fig, ax = plt.subplots(figsize=(2.5 + 0.6 * grid.shape[1], 1.5 + 0.22 * len(names)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
-    ax.set_yticks(range(len(names)), names, fontsize=6)
+    # Every name starts with the LM's own path; without it the labels fit beside the plot.
+    ax.set_yticks(range(len(names)), [n.removeprefix("lm.model.") for n in names], fontsize=6)
     ax.set_xticks(range(grid.shape[1]), [f"e{i}" for i in range(grid.shape[1])])
     ax.set_title("expert load during evaluation (fraction of tokens)", fontsize=9)
     fig.colorbar(im, ax=ax)

@@ -53,16 +53,17 @@ def _goals(m: dict) -> list[dict]:
             rows.append({"goal": goal, "value": value, "target": target, "met": bool(ok(value))})
 
     closed = (m.get("classification") or {}).get("closed_set") or {}
-    add("synthetic held-out macro-F1", closed.get("macro_f1"), ">= 0.98", lambda v: v >= 0.98)
+    synthetic = m.get("synthetic", True)
+    add(f"{'synthetic ' if synthetic else ''}held-out macro-F1", closed.get("macro_f1"), ">= 0.98", lambda v: v >= 0.98)
     robust = m.get("robustness") or {}
     shifted = [s.get("student") for k, s in (robust.get("macro_f1") or {}).items() if k != "clean"]
     add("macro-F1 under shift (worst)", min(shifted) if shifted else None, ">= 0.95", lambda v: v >= 0.95)
     add("METEOR vs teacher", ((m.get("text") or {}).get("overall") or {}).get("meteor"), ">= 0.85", lambda v: v >= 0.85)
     add("particle-count MAE", ((m.get("counting") or {}).get("particle_count") or {}).get("mae"), "<= 1", lambda v: v <= 1)
     abl = (m.get("classification") or {}).get("image_ablation") or {}
-    if abl:
-        add("blank-image top-1 at chance", abl["blank"]["top1"], f"<= chance {abl['chance']:.2f} + 2 s.e.",
-            lambda v: abl["blank"]["at_chance"])
+    for kind in ("blank", "shuffled") if abl else ():
+        add(f"{kind}-image top-1 at chance", abl[kind]["top1"], f"<= chance {abl['chance']:.2f} + 2 s.e.",
+            lambda v, kind=kind: abl[kind]["at_chance"])
     neu = m.get("neu") or {}
     add("NEU-DET 5-shot top-1", (neu.get("five_shot") or {}).get("top1"), ">= 0.90", lambda v: v >= 0.90)
     return rows
@@ -114,7 +115,7 @@ def evaluate(
         T.refuse_leaks(run, zero_shot)
     m: dict = {
         "run": str(run), "data": str(data), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": _machine(), "limit": limit, "splits": {"eval": "test", "support_and_baselines": "train"},
+        "machine": _machine(), "synthetic": ds.synth is not None, "limit": limit, "splits": {"eval": "test", "support_and_baselines": "train"},
         "labels": {"eval": ds.labels, "seen_in_training": seen, "unseen": unseen}, "timings_s": {},
     }
 

@@ -4,7 +4,8 @@ The glue is nanoVLM's: embed the tokens, encode and project the image, write
 the image embeddings into the `<image>` placeholder positions, run the LM on
 the merged embeddings. Training stages switch which parameters learn:
 
-- ``base``     the whole LM (the tiny default learns language here);
+- ``base``     the whole LM (the tiny default learns language here; a trainer
+               feeding images also unfreezes the projector);
 - ``align``    the projector, on a frozen, quantized LM carrying (idle) experts;
 - ``instruct`` experts, routers, projector and any unfrozen top tower blocks.
 

@@ -121,12 +121,14 @@ def build_examples(
     images: ImageStore | None,
     text_only: bool = False,
     tasks: Sequence[str] | None = None,
+    label_text: bool = False,
     what: str = "examples",
 ) -> tuple[list[Example], SkipReport]:
     """Encode ``records`` with the chat template; returns the examples and what was skipped.
 
     ``text_only`` renders conversations without the image and trains on every
-    token (language-model pretraining); otherwise only answer tokens carry labels.
+    token (language-model pretraining); ``label_text`` trains on every text token
+    with the image kept; otherwise only answer tokens carry labels.
     """
     skipped = SkipReport()
     examples = []
@@ -150,6 +152,8 @@ def build_examples(
                 labels = list(ids)
             else:
                 ids, labels = encode(rec["conversations"], tokenizer, num_image_tokens)
+                if label_text:
+                    labels = [IGNORE_INDEX if i == tokenizer.image_id else i for i in ids]
         except ChatFormatError:
             skipped.add("malformed conversation", rid)
             continue

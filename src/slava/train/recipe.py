@@ -26,7 +26,7 @@ class StageConfig:
 
     name: Literal["base", "align", "instruct"]
     """`base`: the tiny LM on the corpus text (tokenizer trained first), all LM
-    parameters; `align`: the projector on captions, LM frozen; `instruct`:
+    parameters (and the projector when `images` is on); `align`: the projector on captions, LM frozen; `instruct`:
     experts, routers, projector (and top tower blocks if configured) on all tasks."""
     epochs: int = 1
     """Passes over the stage's examples."""
@@ -48,6 +48,15 @@ class StageConfig:
     """Clip the global gradient norm to this; 0 disables."""
     tasks: list[str] | None = None
     """Record tasks trained on (`caption`, `vqa`, `classify`, `measure`); None = all."""
+    repeat: dict[str, int] = field(default_factory=dict)
+    """Times each record of a task appears per epoch (`{classify: 3}`): a one-word
+    answer is a sliver of a batch's answer tokens, so without repeats the
+    per-token loss barely teaches the image → class mapping."""
+    images: bool | None = None
+    """Feed the records' images; None = every stage but `base`. A `base` stage
+    with images also trains the projector, so the tiny LM learns to read image
+    tokens while it learns the language (text-only pretraining left a frozen LM
+    that the later adapters never taught to look at the image)."""
 
 
 @dataclass
@@ -136,6 +145,10 @@ def validate_recipe(recipe: Recipe) -> None:
                 raise ConfigError(f"stages[{i}].{key}: must be at least 1")
         if not 0 <= stage.warmup_ratio < 1:
             raise ConfigError(f"stages[{i}].warmup_ratio: must be in [0, 1)")
+        if any(n < 1 for n in stage.repeat.values()):
+            raise ConfigError(f"stages[{i}].repeat: counts must be at least 1")
+        if stage.images is False and stage.name != "base":
+            raise ConfigError(f"stages[{i}].images: only the base stage can train without images")
         if not stage.lr:
             raise ConfigError(f"stages[{i}].lr: give a learning rate per parameter group (or `default`)")
     if recipe.checkpoint_every < 1 or recipe.keep_checkpoints < 1:

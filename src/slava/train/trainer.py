@@ -139,7 +139,7 @@ class Trainer:
         torch.manual_seed(self.recipe.seed)
         model = SlavaModel.build(self.recipe.model, tokenizer).to(self.info.device)
         self.images = ImageStore(model.image_size, self.recipe.cache_images)
-        if any(s.name != "base" for s in self.recipe.stages):
+        if any(self._uses_images(i) for i in range(len(self.recipe.stages))):
             paths = [resolve_image(r, self.root) for r in self.train_records + self.val_records]
             self.images.preload(paths, self.recipe.num_workers)
 
@@ -149,7 +149,7 @@ class Trainer:
             self.stage_summaries = ckpt.meta.get("stage_summaries", {})
             first = ckpt.meta["completed_stages"]
             for i in range(first):
-                model.prepare_stage(self.recipe.stages[i].name)
+                self._prepare(model, i)
                 self._load_weights(model, self._stage_product(i), f"stage {i} product")
             if ckpt.meta["in_stage"]:
                 resume_state = ckpt
@@ -163,6 +163,16 @@ class Trainer:
         finally:
             self.metrics.close()
         return self._finish(model)
+
+    def _uses_images(self, i: int) -> bool:
+        stage = self.recipe.stages[i]
+        return stage.images if stage.images is not None else stage.name != "base"
+
+    def _prepare(self, model, i: int) -> None:
+        """``prepare_stage``, plus the projector in a base stage that sees images."""
+        model.prepare_stage(self.recipe.stages[i].name)
+        if self.recipe.stages[i].name == "base" and self._uses_images(i):
+            model.projector.requires_grad_(True)
 
     def _stage_product(self, i: int) -> Path:
         return self.out / "stages" / f"{i}-{self.recipe.stages[i].name}.safetensors"
@@ -212,15 +222,17 @@ class Trainer:
 
         stage = self.recipe.stages[index]
         info, recipe = self.info, self.recipe
-        model.prepare_stage(stage.name)
+        self._prepare(model, index)
         model.train()
-        text_only = stage.name == "base"
+        text_only = not self._uses_images(index)
         autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=recipe.bf16)
         common = dict(
             root=self.root, tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
             max_len=recipe.max_len, images=self.images, text_only=text_only, tasks=stage.tasks,
+            label_text=stage.name == "base",
         )
-        train_ex, skipped = build_examples(self.train_records, what=f"stage {stage.name}, training records", **common)
+        records = [r for r in self.train_records for _ in range(stage.repeat.get(r.get("task"), 1))]
+        train_ex, skipped = build_examples(records, what=f"stage {stage.name}, training records", **common)
         val_ex, _ = build_examples(self.val_records, what=f"stage {stage.name}, validation records", **common)
         features = None if text_only else self._tower_features(model, train_ex + val_ex, autocast)
         per_step = stage.batch_size * stage.grad_accum
