@@ -328,8 +328,8 @@ class Assistant:
     def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
         with torch.inference_mode():
             per_class = {label: self.model.image_embedding(self.pixels(ms)) for label, ms in support.items()}
-            labels, protos = prototypes(per_class)
-            probs = prototype_probs(self.model.image_embedding(self.pixels([micrograph])), protos)[0]
+            labels, protos, centre = prototypes(per_class)
+            probs = prototype_probs(self.model.image_embedding(self.pixels([micrograph])), protos, centre)[0]
         return _ranked(labels, probs, "prototype", 0.0)
 
     def _in_context(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:

@@ -19,8 +19,8 @@ from slava.assistant.images import ImageInput, to_micrograph
 from slava.errors import SlavaError
 from slava.io import Micrograph
 
-PROTOTYPE_TEMPERATURE = 0.05
-"""Softmax temperature over cosine similarities (cosines of one domain differ by a few hundredths)."""
+PROTOTYPE_TEMPERATURE = 0.1
+"""Softmax temperature over centred cosine similarities."""
 
 
 class SupportError(SlavaError):
@@ -58,13 +58,21 @@ def load_support(
     return {label: [to_micrograph(im) for im in listed[label][:shots]] for label in wanted}
 
 
-def prototypes(embeddings: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
-    """Class order and unit-length mean embeddings [C, D] from per-class embeddings [k, D]."""
+def prototypes(embeddings: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Class order, unit-length class prototypes [C, D] and the support centre [1, D].
+
+    Embeddings are centred on the mean of the whole support set before they are
+    normalised ("CL2N", as in SimpleShot): what all micrographs share then no
+    longer dominates the cosine.
+    """
     labels = list(embeddings)
-    protos = torch.stack([F.normalize(embeddings[label].float(), dim=-1).mean(dim=0) for label in labels])
-    return labels, F.normalize(protos, dim=-1)
+    centre = torch.cat([embeddings[label].float() for label in labels]).mean(dim=0, keepdim=True)
+    protos = torch.stack([F.normalize(embeddings[label].float() - centre, dim=-1).mean(dim=0) for label in labels])
+    return labels, F.normalize(protos, dim=-1), centre
 
 
-def prototype_probs(query: torch.Tensor, protos: torch.Tensor, temperature: float = PROTOTYPE_TEMPERATURE) -> torch.Tensor:
-    """Class probabilities [B, C] of query embeddings [B, D]: softmax of cosine similarity / temperature."""
-    return F.softmax(F.normalize(query.float(), dim=-1) @ protos.T / temperature, dim=-1)
+def prototype_probs(
+    query: torch.Tensor, protos: torch.Tensor, centre: torch.Tensor, temperature: float = PROTOTYPE_TEMPERATURE
+) -> torch.Tensor:
+    """Class probabilities [B, C] of query embeddings [B, D]: softmax of centred cosine similarity / temperature."""
+    return F.softmax(F.normalize(query.float() - centre, dim=-1) @ protos.T / temperature, dim=-1)

@@ -200,8 +200,8 @@ def few_shot_task(assistant, items: Sequence[EvalItem], support: Sequence[EvalIt
     truth = [it.label for it in items]
     out: dict = {"support_split": "train", "short_classes": short}
     for k in shots:
-        names, protos = prototypes({label: e[:k] for label, e in sup.items()})
-        probs = prototype_probs(query, protos)
+        names, protos, centre = prototypes({label: e[:k] for label, e in sup.items()})
+        probs = prototype_probs(query, protos, centre)
         ranked = [[names[j] for j in row] for row in probs.argsort(dim=1, descending=True).tolist()]
         out[f"prototype_{k}"] = M.classification_scores(truth, ranked, labels)
     out["in_context_1"] = _in_context(assistant, items[:in_context_limit], pool, labels)
