@@ -1,10 +1,14 @@
-"""Decoding: stopping at end of turn, left-padded batches, beam and top-p, continuation scoring."""
+"""Decoding: stopping at end of turn, left-padded batches, beam and top-p, continuation scoring, fast steps."""
+
+import copy
 
 import pytest
 import torch
 
 from slava.data.chat import encode, user_turn
+from slava.model import generate as gen
 from slava.model.config import LMConfig, ModelConfig, MoPEConfig, QuantConfig, VisionConfig
+from slava.model.mope import MoPELinear, expert_usage, reset_expert_usage, set_rank
 from slava.model.tokenizer import train_tokenizer
 from slava.model.vlm import SlavaModel
 
@@ -84,3 +88,82 @@ def test_score_continuations_prefers_the_trained_answer(trained):
     # Right padding in the batch must not change a row's score.
     alone = model.score_continuations(pixels, prompt, [right[:2]])
     assert scores[2] == pytest.approx(alone[0], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def adapted(trained):
+    """A copy of the trained model whose experts are non-zero, so routing shapes every step."""
+    model, tok, pixels, prompt = trained
+    model = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    return model, tok, pixels, prompt
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_fast_steps_match_the_hf_forward(adapted, rows):
+    model, tok, pixels, prompt = adapted
+    model.eval()
+    ids, mask = gen._left_pad([prompt, prompt[:-3]][:rows], tok.pad_id)  # a padded row takes the masked path
+    pix = pixels.expand(rows, -1, -1, -1)
+    with torch.no_grad():
+        embeds = gen._prompt_embeds(model, pix, ids)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        fast, slow = gen._steps(model, 8), gen._HFSteps(model.lm)
+        assert isinstance(fast, gen._Session)
+        fast_logits, slow_logits = fast.prefill(embeds, mask, positions), slow.prefill(embeds, mask, positions)
+        position = positions[:, -1:]
+        for _ in range(8):
+            err = (fast_logits - slow_logits).norm() / slow_logits.norm()
+            assert err < 1e-5
+            assert torch.equal(fast_logits.argmax(dim=-1), slow_logits.argmax(dim=-1))
+            tokens = fast_logits.argmax(dim=-1)
+            position = position + 1
+            fast_logits, slow_logits = fast.step(tokens, position), slow.step(tokens, position)
+        fast.finish()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "top_p"])
+def test_generation_and_expert_usage_equal_the_hf_path(adapted, monkeypatch, strategy):
+    model, tok, pixels, prompt = adapted
+    pix = pixels.expand(2, -1, -1, -1)
+    prompts = [prompt, prompt[:-3]]
+
+    def run():
+        reset_expert_usage(model)
+        out = model.generate(pix, prompts, max_new_tokens=MAX_NEW, strategy=strategy, num_beams=3,
+                             generator=torch.Generator().manual_seed(0), temperature=1.5)
+        return out, expert_usage(model)
+
+    fast = run()
+    monkeypatch.setattr(gen, "_decoder_for", lambda model: None)
+    assert fast == run()
+
+
+def test_decoder_is_rebuilt_when_weights_or_rank_change(adapted):
+    model, tok, pixels, prompt = adapted
+    first = gen._decoder_for(model)
+    assert first is not None and gen._decoder_for(model) is first
+    mope = next(m for m in model.lm.modules() if isinstance(m, MoPELinear))
+    before = gen.generate(model, pixels, [prompt], max_new_tokens=MAX_NEW)
+    with torch.no_grad():
+        mope.lora_B.mul_(-50.0)  # in place, as an optimizer step or load_state_dict writes
+    second = gen._decoder_for(model)
+    assert second is not first
+    set_rank(model, 2)
+    assert gen._decoder_for(model) is not second
+    set_rank(model, None)
+    with torch.no_grad():
+        mope.lora_B.div_(-50.0)
+    assert gen.generate(model, pixels, [prompt], max_new_tokens=MAX_NEW) == before
+
+
+def test_lm_too_large_for_a_float_copy_decodes_through_hf(adapted, monkeypatch):
+    model, tok, pixels, prompt = adapted
+    expected = model.generate(pixels, [prompt], max_new_tokens=MAX_NEW)
+    monkeypatch.setattr(gen, "MAX_DECODER_BYTES", 1000)
+    assert gen._Decoder.build(model.lm) is None
+    assert model.generate(pixels, [prompt], max_new_tokens=MAX_NEW) == expected

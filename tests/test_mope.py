@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from slava.model.mope import (
+    FrozenLinears,
     MoPEConfig,
     MoPELinear,
     adapter_parameters,
@@ -261,3 +262,46 @@ def test_cuda_matches_cpu():
         balance, z = router_losses(m)
     (y.float().square().mean() + balance + z).backward()
     assert m.router.weight.grad.abs().sum() > 0 and m.lora_A.grad.is_cuda
+
+
+@pytest.mark.parametrize(
+    "cfg,rank",
+    [
+        (MoPEConfig(num_experts=4, top_k=2, r_max=4), None),
+        (MoPEConfig(num_experts=4, top_k=1, r_max=4, shared_expert=True), 3),
+        (MoPEConfig(num_experts=3, top_k=3, r_max=4), 1),
+        (MoPEConfig.plain_lora(rank=4, alpha=8.0), None),
+    ],
+)
+def test_frozen_linears_match_eval_layers_and_count_usage(cfg, rank):
+    torch.manual_seed(0)
+    # Three layers on one input, as q, k, v: int8 and 4-bit bases, a bias, and one layer without experts.
+    q = make(cfg, seed=1, quantized=True)
+    k = QuantizedLinear(nn.Linear(D_IN, 8), bits=8)
+    v = MoPELinear(QuantizedLinear(nn.Linear(D_IN, 12, bias=False), bits=8), cfg)
+    with torch.no_grad():
+        v.lora_B.normal_()
+    layers = [q, k, v]
+    for m in layers:
+        m.eval()
+    set_rank(q, rank)
+    set_rank(v, rank)
+    x = torch.randn(6, D_IN)
+    with torch.no_grad():
+        expected = [m(x) for m in layers]
+    expected_usage = (q.usage.clone(), v.usage.clone())
+    reset_expert_usage(q)
+    reset_expert_usage(v)
+    frozen = FrozenLinears(layers)
+    got = frozen(x)
+    frozen.flush_usage()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert torch.equal(q.usage, expected_usage[0]) and torch.equal(v.usage, expected_usage[1])
+
+
+def test_frozen_linears_refuse_mixed_expert_settings():
+    a = make(MoPEConfig(num_experts=4, top_k=2, r_max=4))
+    b = make(MoPEConfig(num_experts=4, top_k=1, r_max=4))
+    with pytest.raises(TypeError, match="differ"):
+        FrozenLinears([a, b])

@@ -277,3 +277,96 @@ def reset_expert_usage(module: nn.Module) -> None:
     """Zero every layer's usage counters."""
     for _, m in _mopes(module):
         m.usage.zero_()
+
+
+class FrozenLinears:
+    """Several linears reading the same input, frozen into one inference-only layer for decoding.
+
+    Each layer may be an ``nn.Linear``, a :class:`QuantizedLinear` or a
+    :class:`MoPELinear` over either. Called on ``x [N, in]`` it returns each
+    layer's output as the layers would in eval mode, in two matmuls: one over
+    the float32 base weights (dequantized once: a decoding step dequantized
+    every int8 weight again, and torch's fused int8 matmul ran 3-5x slower
+    than a float32 one at these widths) stacked with every expert ``A`` and
+    router, one over every ``B`` (times ``alpha / b``) in a block-diagonal
+    matrix. Routing is :meth:`MoPELinear._route`'s in eval mode; the experts
+    picked are counted into each layer's ``usage`` by :meth:`flush_usage`.
+
+    The weights are copies: rebuild after any parameter, buffer or rank changes.
+    Raises ``TypeError`` for other layer types, or for MoPE layers differing in
+    experts, top-k, rank, alpha or shared expert.
+    """
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        bases = [m.base if isinstance(m, MoPELinear) else m for m in layers]
+        self.sizes = [m.out_features for m in layers]
+        self.out = sum(self.sizes)
+        weight = [_float_weight(b) for b in bases]
+        bias = None
+        if any(b.bias is not None for b in bases):
+            bias = torch.cat([
+                w.new_zeros(len(w)) if b.bias is None else b.bias.detach().float() for b, w in zip(bases, weight)
+            ])
+        self.mopes = [m for m in layers if isinstance(m, MoPELinear)]
+        self.picks: list[torch.Tensor] = []
+        self.width = 0
+        if self.mopes:
+            settings = {(m.num_experts, m.top_k, m.rank or m.r_max, m.alpha, m.shared_expert, m.router is None)
+                        for m in self.mopes}
+            if len(settings) > 1:
+                raise TypeError(f"expert layers reading one input differ in settings: {sorted(settings)}")
+            self.experts, self.top_k, self.b, alpha, self.shared, plain = settings.pop()
+            self.routed = not plain
+            self.slots = self.experts + int(self.shared)
+            width = self.slots * self.b
+            self.width = width * len(self.mopes)
+            up = weight[0].new_zeros(self.out, self.width)
+            start = dict(zip(map(id, layers), [0, *torch.tensor(self.sizes).cumsum(0).tolist()]))
+            for i, m in enumerate(self.mopes):
+                weight.append(m.lora_A.detach().float().view(self.slots, m.r_max, -1)[:, : self.b].reshape(width, -1))
+                rows = slice(start[id(m)], start[id(m)] + m.out_features)
+                B = m.lora_B.detach().float().view(m.out_features, self.slots, m.r_max)[:, :, : self.b]
+                up[rows, i * width : (i + 1) * width] = B.reshape(m.out_features, width) * (alpha / self.b)
+            if self.routed:
+                weight += [m.router.weight.detach().float() for m in self.mopes]
+            self.up_t = up.T.contiguous()
+            if bias is not None:
+                bias = torch.cat((bias, bias.new_zeros(sum(len(w) for w in weight) - self.out)))
+        self.weight, self.bias = torch.cat(weight), bias
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = F.linear(x, self.weight, self.bias)
+        if not self.mopes:
+            return y.split(self.sizes, dim=-1)
+        n, m = x.shape[0], len(self.mopes)
+        z = y[:, self.out : self.out + self.width].view(n, m, self.slots, self.b)
+        if self.routed:
+            # Softmax spelled out: aten's runs threaded even on a few logits, and a busy neighbour core
+            # stalled it for milliseconds per call. Renormalising over the top k cancels its denominator.
+            logits = y[:, self.out + self.width :].view(n, m, self.experts)
+            e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+            top, chosen = e.topk(self.top_k, dim=-1)
+            top = top / (top if self.top_k > 1 else e).sum(dim=-1, keepdim=True)
+            self.picks.append(chosen)
+            gates = torch.zeros_like(e).scatter(2, chosen, top)
+            if self.shared:
+                gates = torch.cat((gates, gates.new_ones(n, m, 1)), dim=2)
+            z = z * gates.unsqueeze(-1)
+        return torch.addmm(y[:, : self.out], z.reshape(n, self.width), self.up_t).split(self.sizes, dim=-1)
+
+    def flush_usage(self) -> None:
+        """Add the experts picked since the last flush to each layer's ``usage``."""
+        if not self.picks:
+            return
+        chosen = torch.cat(self.picks)
+        self.picks = []
+        for i, m in enumerate(self.mopes):
+            m.usage += torch.bincount(chosen[:, i].reshape(-1), minlength=m.num_experts).to(m.usage.device)
+
+
+def _float_weight(layer: nn.Module) -> torch.Tensor:
+    if isinstance(layer, QuantizedLinear):
+        return layer.dequantize(torch.float32)
+    if type(layer) is nn.Linear:
+        return layer.weight.detach().float()
+    raise TypeError(f"cannot freeze a {type(layer).__name__} for decoding")
