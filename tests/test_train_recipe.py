@@ -33,6 +33,9 @@ def test_shipped_recipes_load(name):
         ("stages: [{name: base, lr: {lm: fast}}]", "stages[0].lr.lm"),
         ("stages: [{name: pretrain, lr: {lm: 1.0e-3}}]", "stages[0].name"),
         ("bf16: 1\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "bf16"),
+        ("augment: {copies: 4}\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "augment.copies"),
+        ("augment: {probability: 1.5}\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "augment.probability"),
+        ("augment: {variants: 0}\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "augment.variants"),
     ],
 )
 def test_bad_recipe_names_the_key(tmp_path, text, key):

@@ -1,4 +1,4 @@
-"""kill -9 mid-run, then --resume: the per-step losses match an uninterrupted run."""
+"""kill -9 mid-run, then --resume: the per-step losses match an uninterrupted run (degraded image copies included)."""
 
 import json
 import os
@@ -17,7 +17,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
     return cli("train", "--recipe", str(RECIPES / "tiny.yaml"), "--data", str(data), "--out", str(out),
-               "--set", "stages.2.epochs=4", "--no-progress", *extra)
+               "--set", "stages.2.epochs=4", "--set", "augment.enabled=true", "--no-progress", *extra)
 
 
 def latest_meta(out: Path) -> dict | None:

@@ -188,8 +188,12 @@ def split_records(records: Sequence[dict], val_fraction: float) -> tuple[list[di
     return train, val, n_test
 
 
-def collate(examples: Sequence[Example], images: ImageStore | None, pad_id: int, image_size: int) -> dict:
-    """Right-padded batch: pixels [B,1,S,S], input_ids, attention_mask, labels (-100 on padding)."""
+def collate(examples: Sequence[Example], pad_id: int) -> dict:
+    """Right-padded text of a batch: input_ids, attention_mask, labels (-100 on padding).
+
+    The trainer adds the images, as pixels or cached tower output, since which
+    copy of an image (clean or degraded) an example sees depends on the epoch.
+    """
     width = max(len(e.ids) for e in examples)
     n = len(examples)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -199,11 +203,7 @@ def collate(examples: Sequence[Example], images: ImageStore | None, pad_id: int,
         input_ids[i, : len(e.ids)] = torch.tensor(e.ids)
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
         mask[i, : len(e.ids)] = 1
-    if images is not None and all(e.image is not None for e in examples):
-        pixels = torch.stack([images.get(e.image) for e in examples])
-    else:
-        pixels = torch.zeros((n, 1, image_size, image_size))
-    return {"pixels": pixels, "input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 def target_tokens(example: Example) -> int:

@@ -16,6 +16,7 @@ import yaml
 
 from slava.config import ConfigError, from_dict, to_dict
 from slava.model.config import ModelConfig
+from slava.train.augment import AugmentConfig
 
 STAGES = ("base", "align", "instruct")
 
@@ -89,6 +90,8 @@ class Recipe:
     """Held-out fraction (by image hash) when no record has `meta.split == "val"`."""
     threads: int | None = None
     """torch CPU threads per process; None = torch's default."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Degraded copies of the training images (noise, defocus, contrast, charging, scale); see `slava.train.augment`."""
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
@@ -151,6 +154,10 @@ def validate_recipe(recipe: Recipe) -> None:
             raise ConfigError(f"stages[{i}].images: only the base stage can train without images")
         if not stage.lr:
             raise ConfigError(f"stages[{i}].lr: give a learning rate per parameter group (or `default`)")
+    if recipe.augment.variants < 1:
+        raise ConfigError("augment.variants: must be at least 1 (the clean image)")
+    if not 0 <= recipe.augment.probability <= 1:
+        raise ConfigError("augment.probability: must be in [0, 1]")
     if recipe.checkpoint_every < 1 or recipe.keep_checkpoints < 1:
         raise ConfigError("checkpoint_every and keep_checkpoints must be at least 1")
 

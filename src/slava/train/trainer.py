@@ -1,8 +1,9 @@
 """The training loop: stages in order, exact resume, the same result on 1 or N processes.
 
 Determinism is by construction. Every optimizer step's examples come from a
-permutation seeded by (seed, stage, epoch); the expert rank comes from a
-dedicated generator; the loss of a step is the sum of per-token losses divided
+permutation seeded by (seed, stage, epoch), and so does the copy of its image
+each example sees (clean or degraded, ``slava.train.augment``); the expert
+rank comes from a dedicated generator; the loss of a step is the sum of per-token losses divided
 by the step's global target-token count (known up front from the labels), so
 splitting a step over micro-batches or processes changes only rounding. A
 checkpoint is taken between optimizer steps and holds everything that step
@@ -34,6 +35,7 @@ from slava.data.chat import IGNORE_INDEX, render_text
 from slava.data.records import read_records
 from slava.errors import SlavaError
 from slava.train import distributed as D
+from slava.train.augment import choose_variants, degrade, variant_seed
 from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic, write_text_atomic
 from slava.train.dataset import Example, ImageStore, build_examples, collate, resolve_image, split_records, target_tokens
 from slava.train.metrics import MetricsLog, load_entropy, truncate_after
@@ -88,7 +90,7 @@ class Trainer:
         self.global_step = 0
         self.stage_summaries: dict[str, dict] = {}
         self.started = time.time()
-        self.features: dict[str, torch.Tensor] = {}
+        self.features: dict[tuple[str, int], torch.Tensor] = {}
 
     # -- setup -------------------------------------------------------------------
 
@@ -234,7 +236,7 @@ class Trainer:
         records = [r for r in self.train_records for _ in range(stage.repeat.get(r.get("task"), 1))]
         train_ex, skipped = build_examples(records, what=f"stage {stage.name}, training records", **common)
         val_ex, _ = build_examples(self.val_records, what=f"stage {stage.name}, validation records", **common)
-        features = None if text_only else self._tower_features(model, train_ex + val_ex, autocast)
+        features = None if text_only else self._tower_features(model, train_ex, val_ex, autocast)
         per_step = stage.batch_size * stage.grad_accum
         steps_per_epoch = len(train_ex) // per_step
         if steps_per_epoch == 0:
@@ -276,13 +278,15 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=start, desc=f"{stage.name}", disable=not self.progress, dynamic_ncols=True)
-        perm_cache: dict[int, tuple[list[int], int]] = {}
+        perm_cache: dict[int, tuple[list[int], int, list[int]]] = {}
         for step in range(start, total):
             t0 = time.perf_counter()
             epoch, position = divmod(step, steps_per_epoch)
             if epoch not in perm_cache:
-                perm_cache = {epoch: self._permutation(index, epoch, len(train_ex))}
-            perm, perm_seed = perm_cache[epoch]
+                perm, perm_seed = self._permutation(index, epoch, len(train_ex))
+                views = [0] * len(train_ex) if text_only else choose_variants(recipe.augment, perm_seed, len(train_ex))
+                perm_cache = {epoch: (perm, perm_seed, views)}
+            perm, perm_seed, views = perm_cache[epoch]
             rank = sample_rank(mope, rank_gen) if model.adapted else None
             set_rank(model, rank)
             if routed:
@@ -292,12 +296,12 @@ class Trainer:
             global_tokens = sum(target_tokens(train_ex[j]) for idx in micro for j in idx)
             sums = [0.0, 0.0, 0.0, 0.0]  # ce sum, balance, z, tokens seen (padding excluded)
             for m, idx in enumerate(micro):
-                mine = [train_ex[j] for j in D.shard(idx, info)]
-                batch = self._batch(mine, model, features)
+                mine = D.shard(idx, info)
+                batch = self._batch([train_ex[j] for j in mine], model, features, [views[j] for j in mine])
                 sync = m == stage.grad_accum - 1 or not info.distributed
                 with contextlib.nullcontext() if sync else net.no_sync():
                     with autocast:
-                        out = net(None if text_only else batch["pixels"], batch["input_ids"], batch["attention_mask"],
+                        out = net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
                                   tower_tokens=batch.get("tower_tokens"))
                     ce_sum = F.cross_entropy(
                         out.logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
@@ -339,7 +343,7 @@ class Trainer:
 
             last = step == total - 1
             if position == steps_per_epoch - 1 or last:
-                val = self._validate(model, val_ex, stage.batch_size, text_only, autocast, features)
+                val = self._validate(model, val_ex, stage.batch_size, autocast, features)
                 extra = {"expert_load": {str(k): (v / v.sum()).tolist() for k, v in sorted(load_sum.items())}} if load_sum else {}
                 self.metrics.write({"step": self.global_step, "stage": stage.name, "epoch": epoch, "val_loss": val, **extra})
                 summary["val_loss"] = val
@@ -367,35 +371,49 @@ class Trainer:
         counts = {layer: torch.tensor(rows, dtype=torch.float64).sum(0) for layer, rows in by_layer.items()}
         return entropy, counts
 
+    def _view(self, image: str, variant: int) -> torch.Tensor:
+        """Model-input pixels of one copy of an image: 0 is the clean one, the others degraded (``slava.train.augment``)."""
+        pixels = self.images.get(image)
+        return pixels if variant == 0 else degrade(pixels, variant_seed(self.recipe.seed, image, variant))
+
     @torch.no_grad()
-    def _tower_features(self, model, examples: list[Example], autocast) -> dict[str, torch.Tensor] | None:
-        """The frozen tower's output per image, computed once and kept for later stages; None while the tower trains.
+    def _tower_features(self, model, train_ex: list[Example], val_ex: list[Example], autocast):
+        """The frozen tower's output per (image, copy), computed once and kept for later stages; None while the tower trains.
 
         Every record of an image, in every epoch and stage, otherwise runs the
         same frozen tower again: on 2 CPU cores that was a fifth of a step.
+        Validation images only need their clean copy.
         """
         if not self.recipe.cache_features or any(p.requires_grad for p in model.tower.parameters()):
             self.features.clear()
             return None
-        todo = sorted({e.image for e in examples} - set(self.features))
+        aug = self.recipe.augment
+        copies = range(aug.variants if aug.enabled else 1)
+        keys = {(e.image, v) for e in train_ex for v in copies} | {(e.image, 0) for e in val_ex}
+        todo = sorted(keys - set(self.features))
         for i in range(0, len(todo), 32):
             chunk = todo[i : i + 32]
-            pixels = torch.stack([self.images.get(p) for p in chunk]).to(self.info.device)
+            pixels = torch.stack([self._view(*key) for key in chunk]).to(self.info.device)
             with autocast:
                 out = model.tower(pixels)
             self.features.update(zip(chunk, out.unbind(0)))
         return self.features
 
-    def _batch(self, examples: list[Example], model, features: dict[str, torch.Tensor] | None) -> dict:
-        """Collated tensors on the device, with ``tower_tokens`` in place of pixels when features are cached."""
-        batch = collate(examples, None if features is not None else self.images, model.tokenizer.pad_id, model.image_size)
-        if features is not None:
-            batch["tower_tokens"] = torch.stack([features[e.image] for e in examples])
+    def _batch(self, examples: list[Example], model, features: dict[tuple[str, int], torch.Tensor] | None,
+               variants: list[int] | None = None) -> dict:
+        """Collated tensors on the device: the chosen copy of each image as pixels, or its cached ``tower_tokens``."""
+        batch = collate(examples, model.tokenizer.pad_id)
+        if all(e.image is not None for e in examples):
+            keys = list(zip((e.image for e in examples), variants or [0] * len(examples)))
+            if features is not None:
+                batch["tower_tokens"] = torch.stack([features[k] for k in keys])
+            else:
+                batch["pixels"] = torch.stack([self._view(*k) for k in keys])
         return {k: v.to(self.info.device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def _validate(self, model, examples: list[Example], batch_size: int, text_only: bool, autocast,
-                  features: dict[str, torch.Tensor] | None) -> float | None:
+    def _validate(self, model, examples: list[Example], batch_size: int, autocast,
+                  features: dict[tuple[str, int], torch.Tensor] | None) -> float | None:
         """Mean per-token loss over the validation examples, at full expert rank (sharded over processes)."""
         from slava.model.mope import set_rank
 
@@ -408,7 +426,7 @@ class Trainer:
         for i in range(0, len(mine), batch_size):
             batch = self._batch(mine[i : i + batch_size], model, features)
             with autocast:
-                out = model(None if text_only else batch["pixels"], batch["input_ids"], batch["attention_mask"],
+                out = model(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
                             tower_tokens=batch.get("tower_tokens"))
             labels = batch["labels"][:, 1:]
             ce_sum += F.cross_entropy(
