@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_run import TINY_CLASSES, make_tiny_run
+from tiny_run import TINY_CLASSES, tiny_run_dir
 
 from slava.eval import tasks as T
 from slava.eval.data import load_eval_data
@@ -16,7 +16,7 @@ from slava.eval.data import load_eval_data
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.set_num_threads(1)
-    run = make_tiny_run(tmp_path_factory.mktemp("tiny_eval"))
+    run = tiny_run_dir(tmp_path_factory)
     return run, run.parent / "images"
 
 
