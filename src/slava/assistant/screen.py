@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from slava.data.locks import OutputLock
 from slava.errors import SlavaError
 from slava.io import IMAGE_EXTENSIONS
 
@@ -317,8 +318,6 @@ def screen(
     after a kill). ``ray_address`` ("local" or a cluster address) fans the
     shards out over Ray.
     """
-    from slava.assistant.assistant import Assistant
-
     start = time.perf_counter()
     root, out = Path(folder).expanduser().resolve(), Path(out)
     if out.suffix not in FORMATS:
@@ -328,6 +327,17 @@ def screen(
     files = list_images(root)
     if not files:
         raise ScreenError(f"{root}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+    # Held for the whole run: two screens appending to one journal would interleave and duplicate rows.
+    with OutputLock(out):
+        return _screen_locked(root, run_dir, out, files, labels, workers, caption, ray_address, batch_size, max_images,
+                              with_measure, progress, html, start)
+
+
+def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, workers: int, caption: bool,
+                   ray_address: str | None, batch_size: int, max_images: int | None, with_measure: bool,
+                   progress: bool, html: bool, start: float) -> ScreenSummary:
+    from slava.assistant.assistant import Assistant
+
     existing = _existing_rows(out)
     done = {r["path"] for r in existing}
     pending = [f for f in files if f not in done]

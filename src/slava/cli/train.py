@@ -15,7 +15,10 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", required=True, help="YAML recipe, e.g. recipes/tiny-cpu.yaml")
     p.add_argument("--data", required=True, help="instruction records (JSONL)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's latest checkpoint (an error when it has none)")
+    p.add_argument("--resume-or-start", action="store_true",
+                   help="resume when the run directory holds a checkpoint, else start a new run there")
     p.add_argument("--max-steps", type=int, default=None, help="cap every stage at N optimizer steps (smoke tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set model.lm.path=/models/llama (repeatable)")
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from slava.train.trainer import train
 
     recipe = load_recipe(args.recipe, parse_overrides(args.set))
-    summary = train(recipe, args.data, args.out, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
+    summary = train(recipe, args.data, args.out, resume=args.resume, max_steps=args.max_steps,
+                    progress=not args.no_progress, resume_or_start=args.resume_or_start)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: summary[k] for k in ("global_steps", "time_s", "peak_rss_mb")}))
     return 0

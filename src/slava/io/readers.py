@@ -4,6 +4,10 @@ All entry points share one path: decode (TIFF with tifffile, everything else
 with Pillow) → grey float32 in [0, 1] → pixel size → data bar → scale bar.
 Image sizes are checked against ``max_pixels`` from the header, before any
 pixel is decoded, and every decoder failure becomes one ``MicrographError``.
+Images over ``max_work_pixels`` are reduced on read by a whole factor (JPEG
+already in the decoder, through ``Image.draft``), before any float copy is
+made, so a small file with a huge header costs its decoded samples once and
+never gigabytes of float intermediates; the pixel size is scaled to match.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from slava.io.tiff_meta import MAX_CALIBRATION_NM, tiff_pixel_sizes
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Largest image (width × height) decoded by default; larger ones are refused as decompression bombs."""
+MAX_WORK_PIXELS = 4096 * 4096
+"""Images with more pixels are reduced on read (box average by a whole factor) to at most this many.
+
+Every later stage works at far less: the model at its input size, the
+measurements at ``slava.measure.prepare.MAX_SIDE``."""
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -44,6 +53,7 @@ class _Decoded:
     pixel_sizes: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     scaled: bool = False  # raw is already in [0, 1] (a TIFF colour map's 16-bit entries)
+    downscale: float = 1.0  # file pixels per pixel of raw (> 1 when reduced on read)
 
 
 def is_tiff_header(head: bytes) -> bool:
@@ -58,6 +68,28 @@ def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
         raise MicrographError(
             name, f"image of {width}x{height} pixels is over the limit of {max_pixels:,} pixels (possible decompression bomb)"
         )
+
+
+def reduce_factor(width: int, height: int, max_work_pixels: int) -> int:
+    """The smallest whole factor that brings a ``width`` × ``height`` image to ≤ ``max_work_pixels``."""
+    factor = 1
+    while (width // factor) * (height // factor) > max_work_pixels:
+        factor += 1
+    return factor
+
+
+def _reduce_array(samples: np.ndarray, factor: int) -> np.ndarray:
+    """Box-average ``samples`` [H, W] or [H, W, C] by ``factor`` into float32, a strip at a time
+    (a whole-image float copy is what this avoids); edge rows and columns short of a block are dropped."""
+    h, w = samples.shape[0] // factor, samples.shape[1] // factor
+    rest = samples.shape[2:]
+    out = np.empty((h, w, *rest), np.float32)
+    rows = max(1, (1 << 22) // max(1, w * factor * factor))  # ~16 MB of float32 per strip
+    for y in range(0, h, rows):
+        n = min(rows, h - y)
+        block = samples[y * factor : (y + n) * factor, : w * factor].astype(np.float32)
+        out[y : y + n] = block.reshape(n, factor, w, factor, *rest).mean(axis=(1, 3))
+    return out
 
 
 def _pillow_bomb_cause() -> str:
@@ -80,6 +112,11 @@ def _to_unit(raw: np.ndarray, dtype: str) -> np.ndarray:
     kind = np.dtype(dtype).kind
     if kind == "b":
         out = raw.astype(np.float64)
+    elif kind == "u" and np.dtype(dtype).itemsize <= 2:
+        # float32 holds 8- and 16-bit samples exactly and halves the largest copy of a big image.
+        out = raw.astype(np.float32)
+        out /= np.float32(np.iinfo(dtype).max)
+        return np.clip(out, 0.0, 1.0, out=out)
     elif kind == "u":
         out = raw.astype(np.float64) / np.iinfo(dtype).max
     elif kind == "i":
@@ -97,17 +134,23 @@ def _to_unit(raw: np.ndarray, dtype: str) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _decode_tiff(source: str | BinaryIO, name: str, max_pixels: int) -> _Decoded:
+def _check_page(name: str, page: int, pages: int) -> None:
+    if not 0 <= page < pages:
+        raise MicrographError(name, f"has {pages} page(s); page {page + 1} does not exist (pages count from 1)")
+
+
+def _decode_tiff(source: str | BinaryIO, name: str, max_pixels: int, max_work_pixels: int, page_index: int = 0) -> _Decoded:
     import tifffile
 
     with tifffile.TiffFile(source) as tif:
         if not tif.pages:
             raise MicrographError(name, "TIFF file holds no image")
-        page = tif.pages[0]
+        _check_page(name, page_index, len(tif.pages))
+        page = tif.pages[page_index]
         shape = dict(zip(page.axes, page.shape))
         _check_size(name, shape.get("X", 0), shape.get("Y", 0), max_pixels)
         pixel_sizes = tiff_pixel_sizes(tif)
-        info = {"pages": len(tif.pages), "photometric": page.photometric.name.lower()}
+        info = {"pages": len(tif.pages), "page": page_index, "photometric": page.photometric.name.lower()}
         try:
             samples = page.asarray()
         except (KeyError, ValueError) as exc:
@@ -117,7 +160,7 @@ def _decode_tiff(source: str | BinaryIO, name: str, max_pixels: int) -> _Decoded
             # decodes the common ones itself.
             if not isinstance(source, str):
                 source.seek(0)
-            decoded = _decode_pil(source, name, max_pixels)
+            decoded = _decode_pil(source, name, max_pixels, max_work_pixels, page_index)
             decoded.fmt, decoded.pixel_sizes, decoded.info = "TIFF", pixel_sizes, info
             return decoded
         axes = page.axes
@@ -127,17 +170,23 @@ def _decode_tiff(source: str | BinaryIO, name: str, max_pixels: int) -> _Decoded
         while samples.ndim > (3 if "S" in axes else 2):
             samples = samples[0]
         dtype = samples.dtype.name
-        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+        factor = reduce_factor(samples.shape[1], samples.shape[0], max_work_pixels)
+        palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None
+        if factor > 1:
+            # Colour-map indices cannot be averaged: every factor-th one is kept instead.
+            samples = samples[::factor, ::factor] if palette else _reduce_array(samples, factor)
+        if palette:
             colours = page.colormap[:, samples].transpose(1, 2, 0)
             same = np.array_equal(colours[..., 0], colours[..., 1]) and np.array_equal(colours[..., 0], colours[..., 2])
             grey = colours[..., 0] if same else _grey(colours)
             raw = grey.astype(np.float64) / 65535.0
-            return _Decoded(raw, dtype, int(page.bitspersample), "TIFF", pixel_sizes, info, scaled=True)
+            return _Decoded(raw, dtype, int(page.bitspersample), "TIFF", pixel_sizes, info, scaled=True,
+                            downscale=float(factor))
         if samples.ndim == 3:
             samples = _grey(samples)
         if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
-            samples = np.iinfo(dtype).max - samples if np.dtype(dtype).kind in "ui" else samples.max() - samples
-        return _Decoded(samples, dtype, int(page.bitspersample), "TIFF", pixel_sizes, info)
+            samples = np.iinfo(dtype).max - samples if np.dtype(dtype).kind in "ui" else np.nanmax(samples) - samples
+        return _Decoded(samples, dtype, int(page.bitspersample), "TIFF", pixel_sizes, info, downscale=float(factor))
 
 
 def _from_pil_image(im: Any, fmt: str) -> _Decoded:
@@ -164,7 +213,25 @@ def _from_pil_image(im: Any, fmt: str) -> _Decoded:
     return _Decoded(arr, arr.dtype.name, bits, fmt, info={"mode": mode})
 
 
-def _decode_pil(source: str | BinaryIO, name: str, max_pixels: int) -> _Decoded:
+def _reduce_pil(im: Any, factor: int) -> Any:
+    """``im`` box-averaged by ``factor`` in its own mode where Pillow can (no float copy of the whole image)."""
+    from PIL import Image
+
+    if im.mode in ("1", "P", "PA"):
+        # Palette indices cannot be averaged; their grey (the same luma weights as ``_grey``) can.
+        im = im.convert("LA" if im.mode == "PA" else "L")
+    if im.mode.startswith("I;16"):
+        arr = _reduce_array(np.asarray(im), factor)
+        return Image.fromarray(arr, mode="F"), "uint16"
+    small = im.reduce(factor)
+    if small.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        # Pillow's grey has ``_grey``'s weights, without its float64 copy of every channel.
+        small = small.convert("L")
+    return small, None
+
+
+def _decode_pil(source: str | BinaryIO, name: str, max_pixels: int, max_work_pixels: int = MAX_WORK_PIXELS,
+                page: int = 0) -> _Decoded:
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -174,11 +241,30 @@ def _decode_pil(source: str | BinaryIO, name: str, max_pixels: int) -> _Decoded:
             _check_size(name, im.width, im.height, max_pixels)
             fmt = im.format or "image"
             pages = getattr(im, "n_frames", 1)
-            im.seek(0)
+            _check_page(name, page, pages)
+            im.seek(page)
+            width = im.width
+            if fmt == "JPEG" and reduce_factor(im.width, im.height, max_work_pixels) > 1:
+                # The JPEG decoder itself scales by 1/2, 1/4 or 1/8: the full image is never decoded.
+                factor = reduce_factor(im.width, im.height, max_work_pixels)
+                im.draft(im.mode, (-(-im.width // factor), -(-im.height // factor)))
             im.load()
-            decoded = _from_pil_image(im, fmt)
+            downscale = width / im.width
+            factor = reduce_factor(im.width, im.height, max_work_pixels)
+            sixteen = None
+            work = im
+            if factor > 1:
+                work, sixteen = _reduce_pil(im, factor)
+                downscale *= factor
+            decoded = _from_pil_image(work, fmt)
+            if sixteen:
+                # Averaged 16-bit samples, still on the 16-bit scale.
+                decoded.dtype, decoded.bit_depth = sixteen, 16
+                decoded.raw = np.asarray(work, dtype=np.float32)
+            decoded.downscale = downscale
             physical = png_pixel_size_nm(im.info.get("dpi")) if fmt == "PNG" else None
     decoded.info["pages"] = pages
+    decoded.info["page"] = page
     if physical is not None:
         decoded.pixel_sizes["png-phys"] = physical
     return decoded
@@ -202,13 +288,14 @@ def png_dpi_for(pixel_size_nm: float) -> tuple[float, float]:
     return dpi, dpi
 
 
-def _decode(source: str | BinaryIO, head: bytes, name: str, max_pixels: int) -> _Decoded:
+def _decode(source: str | BinaryIO, head: bytes, name: str, max_pixels: int,
+            max_work_pixels: int = MAX_WORK_PIXELS, page: int = 0) -> _Decoded:
     from PIL import Image, UnidentifiedImageError
 
     try:
         if is_tiff_header(head):
-            return _decode_tiff(source, name, max_pixels)
-        return _decode_pil(source, name, max_pixels)
+            return _decode_tiff(source, name, max_pixels, max_work_pixels, page)
+        return _decode_pil(source, name, max_pixels, max_work_pixels, page)
     except MicrographError:
         raise
     except UnidentifiedImageError:
@@ -294,15 +381,25 @@ def _build(
     for label, value in (("pixel size", pixel_size_nm), ("scale bar length", scale_bar_nm)):
         if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
             raise MicrographError(name, f"{label} must be a positive number of nm, got {value!r}")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).any():
+        raise MicrographError(name, "not an image: every sample is NaN or infinite")
     full = np.clip(raw, 0.0, 1.0).astype(np.float32) if decoded.scaled else _to_unit(raw, decoded.dtype)
 
     bar_box = find_data_bar(full)
     scale = find_scale_bar(full, bar_box) if bar_box is not None else None
-    candidates = dict(decoded.pixel_sizes)
+    # Calibrations given for the file's pixels; a reduced image's pixels are ``downscale`` times larger.
+    k = decoded.downscale
+    candidates = {source: size * k for source, size in decoded.pixel_sizes.items()}
     if pixel_size_nm is not None:
-        candidates["caller"] = float(pixel_size_nm)
+        candidates["caller"] = float(pixel_size_nm) * k
     if sidecar_nm is not None:
-        candidates["sidecar"] = sidecar_nm
+        candidates["sidecar"] = sidecar_nm * k
+    if k != 1.0:
+        extra["downscale"] = k
+    pages = int(decoded.info.get("pages") or 1)
+    if pages > 1:
+        extra["page_note"] = (f"{name}: the file holds {pages} pages; page {int(decoded.info.get('page', 0)) + 1} "
+                              "was read (choose another with --page)")
     if scale is not None and scale.length_px > 0:
         if scale_bar_nm is None and not candidates:
             scale_bar_nm = read_scale_label_nm(full, scale, bar_box)
@@ -336,6 +433,8 @@ def load_micrograph(
     scale_bar_nm: float | None = None,
     crop_data_bar: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    page: int = 0,
+    max_work_pixels: int = MAX_WORK_PIXELS,
 ) -> Micrograph:
     """Read an image file (TIFF, PNG, JPEG, BMP…) as a grey ``Micrograph``.
 
@@ -346,6 +445,10 @@ def load_micrograph(
     problem with the file raises ``MicrographError`` naming it. Images over
     ``max_pixels`` are refused from their header; Pillow also refuses non-TIFF
     images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` whatever ``max_pixels`` says.
+    Images over ``max_work_pixels`` are reduced on read (``metadata["downscale"]``
+    file pixels per pixel; the pixel size is scaled to match). ``page`` picks the
+    page (frame) of a multi-page file, counting from 0; ``metadata["page_note"]``
+    says which page was read when there are several.
     """
     p = Path(path)
     name = str(p)
@@ -359,7 +462,7 @@ def load_micrograph(
         if not head:
             raise MicrographError(name, "empty file (0 bytes)")
         # Decoded before hashing so that an oversized file is refused from its header alone.
-        decoded = _decode(name, head, name, max_pixels)
+        decoded = _decode(name, head, name, max_pixels, max_work_pixels, page)
         with open(p, "rb") as fh:
             sha = hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
@@ -384,12 +487,14 @@ def load_micrograph_bytes(
     scale_bar_nm: float | None = None,
     crop_data_bar: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    page: int = 0,
+    max_work_pixels: int = MAX_WORK_PIXELS,
 ) -> Micrograph:
     """Like ``load_micrograph`` for an image held in memory (an upload); ``name`` appears in errors
     and in ``metadata["name"]``. The format is recognised from the bytes, not from the name."""
     if not data:
         raise MicrographError(name, "empty file (0 bytes)")
-    decoded = _decode(io.BytesIO(data), bytes(data[:8]), name, max_pixels)
+    decoded = _decode(io.BytesIO(data), bytes(data[:8]), name, max_pixels, max_work_pixels, page)
     return _build(
         decoded,
         path=None,

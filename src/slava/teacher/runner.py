@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from slava.data.locks import OutputLock
 from slava.data.records import JsonlAppender, iter_json_lines, validate_record
 
 POOL_MIN_IMAGES = 64
@@ -247,6 +248,13 @@ def run_teacher(
     if hasattr(backend, "prepare"):
         backend.prepare(manifest.entries)
 
+    # Held for the whole run: a second writer would duplicate or drop records.
+    with OutputLock(out_path):
+        return _teach_locked(manifest, out_path, rejects_path, backend, is_async, workers, progress)
+
+
+def _teach_locked(manifest: Any, out_path: Path, rejects_path: Path, backend: Any, is_async: bool,
+                  workers: int | None, progress: bool) -> TeachSummary:
     finished = _finished_keys(out_path, rejects_path)
     summary = TeachSummary()
     pending = []

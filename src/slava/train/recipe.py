@@ -133,8 +133,49 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
+def _at_least(value: int | float | None, low: int | float, key: str) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{key}: must be at least {low}, got {value}")
+
+
+def validate_model(model: ModelConfig) -> None:
+    """Cross-field checks of the student model that a type cannot express, made before any work starts."""
+    v, lm, mope, q = model.vision, model.lm, model.mope, model.quant
+    _at_least(v.image_size, 8, "model.vision.image_size")
+    _at_least(v.trainable_blocks, 0, "model.vision.trainable_blocks")
+    for key in ("vit_patch", "vit_dim", "vit_layers", "vit_heads"):
+        _at_least(getattr(v, key), 1, f"model.vision.{key}")
+    if v.kind == "vit" and v.vit_dim % v.vit_heads:
+        raise ConfigError(f"model.vision.vit_dim ({v.vit_dim}) must be a multiple of vit_heads ({v.vit_heads})")
+    _at_least(model.projector.hidden, 1, "model.projector.hidden")
+    _at_least(model.projector.pool, 1, "model.projector.pool")
+    for key in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size", "max_len"):
+        _at_least(getattr(lm, key), 1, f"model.lm.{key}")
+    if lm.kind == "tiny_llama":
+        if lm.hidden % lm.heads:
+            raise ConfigError(f"model.lm.hidden ({lm.hidden}) must be a multiple of heads ({lm.heads})")
+        if lm.heads % lm.kv_heads:
+            raise ConfigError(f"model.lm.heads ({lm.heads}) must be a multiple of kv_heads ({lm.kv_heads})")
+    _at_least(mope.num_experts, 1, "model.mope.num_experts")
+    if not 1 <= mope.top_k <= mope.num_experts:
+        raise ConfigError(f"model.mope.top_k ({mope.top_k}) must be between 1 and num_experts ({mope.num_experts})")
+    _at_least(mope.r_max, 1, "model.mope.r_max")
+    if not 1 <= mope.min_rank <= mope.r_max:
+        raise ConfigError(f"model.mope.min_rank ({mope.min_rank}) must be between 1 and r_max ({mope.r_max})")
+    if not mope.alpha > 0:
+        raise ConfigError(f"model.mope.alpha: must be positive, got {mope.alpha}")
+    if not 0 <= mope.dropout < 1:
+        raise ConfigError(f"model.mope.dropout: must be in [0, 1), got {mope.dropout}")
+    for key in ("router_noise", "balance_weight", "z_weight"):
+        _at_least(getattr(mope, key), 0, f"model.mope.{key}")
+    if q.bits not in (0, 4, 8):
+        raise ConfigError(f"model.quant.bits: must be 0, 4 or 8, got {q.bits}")
+    _at_least(q.group_size, 1, "model.quant.group_size")
+
+
 def validate_recipe(recipe: Recipe) -> None:
-    """Checks a type cannot express: stage order, positive sizes."""
+    """Checks a type cannot express: stage order, positive sizes, the model's cross-field constraints."""
+    validate_model(recipe.model)
     if not recipe.stages:
         raise ConfigError("stages: at least one stage is needed")
     names = [s.name for s in recipe.stages]
@@ -143,9 +184,14 @@ def validate_recipe(recipe: Recipe) -> None:
     if "base" in names and recipe.model.lm.kind != "tiny_llama":
         raise ConfigError("stages: the base stage pretrains the tiny LM only (model.lm.kind: tiny_llama)")
     for i, stage in enumerate(recipe.stages):
-        for key in ("epochs", "batch_size", "grad_accum"):
-            if getattr(stage, key) < 1:
+        for key in ("epochs", "batch_size", "grad_accum", "max_steps"):
+            value = getattr(stage, key)
+            if value is not None and value < 1:
                 raise ConfigError(f"stages[{i}].{key}: must be at least 1")
+        if any(not rate > 0 for rate in stage.lr.values()):
+            raise ConfigError(f"stages[{i}].lr: learning rates must be positive")
+        _at_least(stage.weight_decay, 0, f"stages[{i}].weight_decay")
+        _at_least(stage.grad_clip, 0, f"stages[{i}].grad_clip")
         if not 0 <= stage.warmup_ratio < 1:
             raise ConfigError(f"stages[{i}].warmup_ratio: must be in [0, 1)")
         if any(n < 1 for n in stage.repeat.values()):
@@ -160,6 +206,10 @@ def validate_recipe(recipe: Recipe) -> None:
         raise ConfigError("augment.probability: must be in [0, 1]")
     if recipe.checkpoint_every < 1 or recipe.keep_checkpoints < 1:
         raise ConfigError("checkpoint_every and keep_checkpoints must be at least 1")
+    _at_least(recipe.max_len, 1, "max_len")
+    _at_least(recipe.num_workers, 0, "num_workers")
+    if not 0 <= recipe.val_fraction < 1:
+        raise ConfigError(f"val_fraction: must be in [0, 1), got {recipe.val_fraction}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

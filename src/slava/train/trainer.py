@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from slava.config import ConfigError, to_dict
 from slava.data.chat import IGNORE_INDEX, render_text
+from slava.data.locks import OutputLock, OutputLocked
 from slava.data.records import read_records
 from slava.errors import SlavaError
 from slava.train import distributed as D
@@ -95,6 +96,9 @@ class Trainer:
     # -- setup -------------------------------------------------------------------
 
     def _read_data(self) -> None:
+        if not self.data.is_file():
+            what = "is a directory, not a records file" if self.data.is_dir() else "no such records file"
+            raise SlavaError(f"{self.data}: {what} (--data takes the JSONL written by `slava teach`)")
         records, bad = read_records(self.data)
         if bad:
             log.warning("%s: skipped %d invalid lines (e.g. line %d: %s)", self.data, len(bad), bad[0].line, bad[0].reason)
@@ -119,8 +123,30 @@ class Trainer:
 
     # -- run ---------------------------------------------------------------------
 
-    def run(self, resume: bool) -> dict:
-        """Train every stage not yet done; returns the summary written to ``train_summary.json``."""
+    def run(self, resume: bool, resume_or_start: bool = False) -> dict:
+        """Train every stage not yet done; returns the summary written to ``train_summary.json``.
+
+        The records are read before the run directory is created, and the
+        directory is locked (``slava.data.locks``) for the whole run.
+        """
+        self._read_data()
+        lock, problem = None, None
+        if self.info.is_main:
+            try:
+                lock = OutputLock(self.out).acquire()
+            except OutputLocked as exc:
+                problem = str(exc)
+        # Every rank learns of a refused lock, so none waits at a barrier for a main process that left.
+        problem = D.broadcast_object(problem, self.info)
+        if problem:
+            raise OutputLocked(problem)
+        try:
+            return self._run(resume or resume_or_start, resume_or_start)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resume: bool, resume_or_start: bool) -> dict:
         from slava.model.vlm import SlavaModel
 
         latest = self.ckpts.latest()
@@ -128,6 +154,9 @@ class Trainer:
             raise SlavaError(f"{self.out} already holds a run (checkpoint {latest.name}); pass --resume or choose another --out")
         ckpt = self.ckpts.load() if resume else None
         if resume and ckpt is None:
+            if not resume_or_start:
+                raise SlavaError(f"{self.out}: no checkpoint to resume from (nothing in {self.ckpts.root}); check --out, "
+                                 "or pass --resume-or-start to start a new run there")
             log.warning("%s: no checkpoint to resume from; starting from the beginning", self.out)
         if ckpt is not None and ckpt.meta.get("recipe_hash") != _recipe_hash(self.recipe):
             log.warning("the recipe differs from the one the checkpoint was written with; the run will not match")
@@ -136,7 +165,6 @@ class Trainer:
             truncate_after(self.out / "metrics.jsonl", ckpt.meta["global_step"] if ckpt else -1)
             write_text_atomic(self.out / "recipe.yaml", recipe_to_yaml(self.recipe))
         D.barrier(self.info)
-        self._read_data()
         tokenizer = self._tokenizer(resumed=ckpt is not None)
         torch.manual_seed(self.recipe.seed)
         model = SlavaModel.build(self.recipe.model, tokenizer).to(self.info.device)
@@ -487,18 +515,23 @@ class Trainer:
 
 
 def train(
-    recipe: Recipe, data: str | Path, out: str | Path, resume: bool = False, max_steps: int | None = None, progress: bool = True
+    recipe: Recipe, data: str | Path, out: str | Path, resume: bool = False, max_steps: int | None = None,
+    progress: bool = True, resume_or_start: bool = False,
 ) -> dict:
     """Run ``recipe`` on the records in ``data`` into the run directory ``out``.
 
     ``resume`` continues from the latest checkpoint (the losses then match an
     uninterrupted run); ``max_steps`` caps every stage (for smoke tests). Under
     ``torchrun`` every process calls this; the main one writes the files.
+    ``resume`` without a checkpoint in ``out`` is an error (a mistyped
+    directory would cost a whole run), unless ``resume_or_start``.
     """
+    if max_steps is not None and (isinstance(max_steps, bool) or max_steps < 1):
+        raise SlavaError(f"max_steps must be at least 1, got {max_steps}")
     info = D.init_distributed()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     try:
-        return Trainer(recipe, Path(data), Path(out), info, max_steps, progress).run(resume)
+        return Trainer(recipe, Path(data), Path(out), info, max_steps, progress).run(resume, resume_or_start)
     finally:
         D.shutdown(info)
