@@ -15,13 +15,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from slava.assistant.fewshot import SupportError, load_support, prototype_probs, prototypes
-from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
+from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind, without_unknown_lengths
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, user_turn
 from slava.errors import SlavaError
@@ -159,10 +159,15 @@ class Assistant:
         strategy: str = "greedy",
         top_p: float = 0.9,
         temperature: float = 1.0,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Answer:
         """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
 
         ``top_p`` and ``temperature`` apply to ``strategy="top_p"`` sampling only.
+        ``should_stop`` is asked between generated tokens (the server's "client
+        gone"); True ends the answer there with ``finish_reason`` "cancelled".
+        On an image with no calibration, sentences stating a length in nm (which
+        the model can only invent) are replaced by a note saying so.
         """
         start = time.perf_counter()
         turns = [dict(t) for t in turns]
@@ -179,12 +184,19 @@ class Assistant:
         with torch.inference_mode():
             out = self.model.generate(
                 self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy, top_p=top_p,
-                temperature=temperature,
+                temperature=temperature, should_stop=should_stop,
             )[0]
+        finish = "length" if len(out) >= max_new_tokens else "stop"
+        if should_stop is not None and should_stop():
+            finish = "cancelled"
         return Answer(
-            text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
-            finish_reason="length" if len(out) >= max_new_tokens else "stop",
+            text=self._calibrated_text(micrograph, self.tokenizer.decode(out).strip()), tokens=len(out),
+            latency_s=time.perf_counter() - start, finish_reason=finish,
         )
+
+    @staticmethod
+    def _calibrated_text(micrograph: Micrograph, text: str) -> str:
+        return without_unknown_lengths(text)[0] if micrograph.pixel_size_nm is None else text
 
     def _grounded(self, micrograph: Micrograph, kind: str, start: float) -> Answer:
         needs = KIND_NEEDS[kind]
@@ -202,7 +214,8 @@ class Assistant:
                 strategy=strategy,
             )[0]
         return Answer(
-            text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
+            text=self._calibrated_text(micrograph, self.tokenizer.decode(out).strip()), tokens=len(out),
+            latency_s=time.perf_counter() - start,
             finish_reason="length" if len(out) >= max_new_tokens else "stop",
         )
 

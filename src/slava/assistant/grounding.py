@@ -26,7 +26,8 @@ _PORE = r"pores?|holes?|voids?|openings?"
 _PARTICLE = r"particles?|grains?|dots?|spheres?|blobs?|objects?|features?|islands?|cells?"
 _RULES: tuple[tuple[str, str], ...] = (
     (r"pixel size", "pixel_size"),
-    (r"field of view|field width|(?:image|field) (?:is )?wide", "field_width"),
+    (r"field of view|field width|(?:image|field) (?:is )?wide|\b(?:image|field|picture) spans?\b|how (?:wide|large|big) "
+     r"is the (?:image|field|picture)|\bspan of the (?:image|field)", "field_width"),
     (r"porosity|pore (?:area )?fraction|fraction .*pores?", "pore_fraction"),
     (r"ligament|strut", "ligament_width"),
     (r"coverage|fraction .*cover|area .*covered", "coverage"),
@@ -40,6 +41,25 @@ _RULES: tuple[tuple[str, str], ...] = (
     (rf"(?:{_PARTICLE}).*(?:diameter|size|large|big)|(?:diameter|size) of (?:the )?(?:{_PARTICLE})|mean diameter", "mean_diameter"),
 )
 _COMPILED = tuple((re.compile(p, re.I), kind) for p, kind in _RULES)
+
+
+_PHYSICAL_LENGTH = re.compile(
+    r"\d[\d.,]*\s*(?:nm|µm|μm|um|mm|nanomet(?:re|er)s?|micromet(?:re|er)s?|microns?)\b", re.I)
+UNCALIBRATED_NOTE = "The image carries no calibration, so no size in nm can be given."
+
+
+def without_unknown_lengths(text: str) -> tuple[str, bool]:
+    """``text`` without the sentences that state a physical length, for an image with no calibration.
+
+    The student learned to phrase fields of view and sizes in nm; on an
+    uncalibrated image any such number is invented. Returns (text, whether any
+    sentence was removed); a removal ends the text with ``UNCALIBRATED_NOTE``.
+    """
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    kept = [s for s in sentences if not _PHYSICAL_LENGTH.search(s)]
+    if len(kept) == len(sentences):
+        return text, False
+    return " ".join([*kept, UNCALIBRATED_NOTE]).strip(), True
 
 
 def grounded_kind(question: str) -> str | None:

@@ -71,7 +71,9 @@ def list_images(root: Path) -> list[str]:
     found = []
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in rel.parts):
+        # Dangling symlinks are listed too: they become rows with their error, not silent omissions.
+        usable = path.is_file() or (path.is_symlink() and not path.exists())
+        if usable and path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in rel.parts):
             found.append(rel.as_posix())
     return sorted(found)
 
@@ -100,8 +102,12 @@ def decode_one(job: tuple[str, str, int, bool]) -> dict:
     """Read, hash, (measure) and resize one image; errors are returned, not raised (runs in workers)."""
     root, rel, size, with_measure = job
     row: dict = {"path": rel}
+    path = Path(root) / rel
+    if path.is_symlink() and not path.exists():
+        row["error"] = f"dangling symbolic link (its target {path.readlink()} does not exist)"
+        return row
     try:
-        data = (Path(root) / rel).read_bytes()
+        data = path.read_bytes()
         row["sha256"] = hashlib.sha256(data).hexdigest()
         from slava.io import load_micrograph_bytes
         from slava.train.dataset import to_model_pixels

@@ -127,9 +127,16 @@ def _relpath(path: Path, root: Path) -> str:
 
 def _read_image_folder(root: Path) -> Manifest:
     entries, errors = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and _is_image_name(p)):
+    # A dangling symlink is not a file, but it names an image the user expects taught: list it as an error.
+    candidates = (p for p in root.rglob("*") if (p.is_file() or p.is_symlink()) and _is_image_name(p))
+    for path in sorted(candidates):
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
+            continue
+        if not path.exists():
+            errors.append(UnreadableFile(str(path), f"dangling symbolic link (its target {path.readlink()} does not exist)"))
+            continue
+        if not path.is_file():
             continue
         label = rel.parts[0] if len(rel.parts) > 1 else None
         entry = _checked(path, rel.as_posix(), label, None, {}, errors)

@@ -13,7 +13,7 @@ tokens only, so a padded row decodes exactly like an unpadded one.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -271,6 +271,7 @@ def generate(
     top_p: float = 0.9,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt, stopping at `tokenizer.eos_id` (not returned) or `max_new_tokens`.
 
@@ -278,6 +279,8 @@ def generate(
     Beam search keeps `num_beams` hypotheses per prompt and returns the best by
     length-normalised log-probability; top-p samples from the nucleus of mass
     `top_p` at `temperature` (pass a seeded `generator` for repeatable output).
+    `should_stop`, when given, is called between steps; True ends every
+    sequence where it stands (the caller no longer wants the answer).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown decoding strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
@@ -286,12 +289,14 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        return _generate(model, pixels, input_ids, max_new_tokens, strategy, num_beams, top_p, temperature, generator)
+        return _generate(model, pixels, input_ids, max_new_tokens, strategy, num_beams, top_p, temperature, generator,
+                         should_stop)
     finally:
         model.train(was_training)
 
 
-def _generate(model, pixels, input_ids, max_new_tokens, strategy, num_beams, top_p, temperature, generator):
+def _generate(model, pixels, input_ids, max_new_tokens, strategy, num_beams, top_p, temperature, generator,
+              should_stop=None):
     if strategy == "beam":
         return [
             _beam(model, None if pixels is None else pixels[i : i + 1], ids, max_new_tokens, num_beams)
@@ -316,7 +321,7 @@ def _generate(model, pixels, input_ids, max_new_tokens, strategy, num_beams, top
                 done[i] = done[i] or t == eos
                 if not done[i]:
                     out[i].append(t)
-            if all(done) or step == max_new_tokens - 1:
+            if all(done) or step == max_new_tokens - 1 or (should_stop is not None and should_stop()):
                 break
             position = position + 1
             logits = steps.step(tokens, position)

@@ -20,6 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -337,11 +338,12 @@ class SlavaModel(nn.Module):
         top_p: float = 0.9,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[int]]:
         """New tokens for each prompt (eos not included); see `slava.model.generate.generate`."""
         return gen.generate(
             self, pixels, input_ids, max_new_tokens, strategy, num_beams=num_beams, top_p=top_p,
-            temperature=temperature, generator=generator,
+            temperature=temperature, generator=generator, should_stop=should_stop,
         )
 
     @torch.no_grad()

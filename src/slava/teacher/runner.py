@@ -92,14 +92,19 @@ class AnalyticBackend:
     def __call__(self, entry: Any) -> TeachResult:
         from slava.io import load_micrograph
         from slava.io.micrograph import MicrographError
-        from slava.measure import measure
+        from slava.measure import MeasureError, measure
 
         try:
             micrograph = load_micrograph(entry.path)
         except MicrographError as exc:
             return TeachResult(reject=f"unreadable image: {exc.cause}")
         try:
-            records = self.teacher.records_for(entry, micrograph, measure(micrograph))
+            measured = measure(micrograph)
+        except MeasureError as exc:
+            # The image itself is unusable (too small, blank): the same every run, so never retried.
+            return TeachResult(reject=f"unusable image: {exc}")
+        try:
+            records = self.teacher.records_for(entry, micrograph, measured)
         except Exception as exc:  # one odd image must not end a run of thousands
             return TeachResult(reject=f"analytic teacher failed: {type(exc).__name__}: {exc}", retryable=True)
         return TeachResult(records=records)
@@ -122,18 +127,23 @@ def _pool_call(item: tuple[int, Any]) -> tuple[int, TeachResult]:
 class _Sink:
     """Writes finished images: records to the output, rejects beside it; counts both."""
 
-    def __init__(self, out_path: Path, rejects_path: Path, source: str, summary: TeachSummary, bar: tqdm):
+    def __init__(self, out_path: Path, rejects_path: Path, source: str, summary: TeachSummary, bar: tqdm,
+                 rejected: set[tuple[str, str]] | None = None):
         self.out_dir = out_path.parent.resolve()
         self.records = JsonlAppender(out_path)
         self.rejects_path = rejects_path
         self._rejects: JsonlAppender | None = None
+        self.rejected = rejected if rejected is not None else set()
+        """(cache key, reason) of reject lines already written: a retry failing the same way adds none."""
         self.source = source
         self.summary = summary
         self.bar = bar
 
     def image_path(self, path: str) -> str:
         # Records name images relative to the records file, as the schema says.
-        return Path(os.path.relpath(Path(path).resolve(), self.out_dir)).as_posix()
+        # A dangling symlink is named by where it lies, not by the target that is missing.
+        where = Path(path).resolve() if Path(path).exists() else Path(os.path.abspath(path))
+        return Path(os.path.relpath(where, self.out_dir)).as_posix()
 
     def add(self, entry: Any, key: str, result: TeachResult) -> None:
         self.summary.tokens += result.tokens
@@ -157,6 +167,10 @@ class _Sink:
             self.bar.set_postfix(tokens=self.summary.tokens, refresh=False)
 
     def reject(self, path: str, key: str, reason: str, retryable: bool = False, raw: str | None = None) -> None:
+        self.summary.rejected += 1
+        if (key, reason) in self.rejected:
+            return
+        self.rejected.add((key, reason))
         if self._rejects is None:
             self._rejects = JsonlAppender(self.rejects_path)
         line = {"image": self.image_path(path), "cache_key": key, "reason": reason, "retryable": retryable}
@@ -164,12 +178,17 @@ class _Sink:
         if raw:
             line["answer"] = raw
         self._rejects.write(line)
-        self.summary.rejected += 1
 
     def close(self) -> None:
         self.records.close()
         if self._rejects is not None:
             self._rejects.close()
+
+
+def _rejected_before(rejects_path: Path) -> set[tuple[str, str]]:
+    """(cache key, reason) of every line of the rejects file."""
+    return {(obj["cache_key"], str(obj.get("reason"))) for obj in iter_json_lines(rejects_path)
+            if isinstance(obj.get("cache_key"), str)}
 
 
 def _finished_keys(out_path: Path, rejects_path: Path) -> set[str]:
@@ -274,7 +293,7 @@ def _teach_locked(manifest: Any, out_path: Path, rejects_path: Path, backend: An
             broken.append((str(path), key, f"unreadable image: {cause}"))
 
     bar = tqdm(total=len(pending) + len(broken), unit="img", disable=not progress, desc="teach")
-    sink = _Sink(out_path, rejects_path, backend.source, summary, bar)
+    sink = _Sink(out_path, rejects_path, backend.source, summary, bar, _rejected_before(rejects_path))
     try:
         for path, key, reason in broken:
             sink.reject(path, key, reason)
