@@ -5,6 +5,27 @@ from __future__ import annotations
 import argparse
 
 
+def add_page_arg(p: argparse.ArgumentParser) -> None:
+    """``--page``, for the commands that read one image file."""
+    p.add_argument("--page", type=int, default=1, help="page of a multi-page TIFF or GIF to read (default 1)")
+
+
+def read_image(args: argparse.Namespace, path: str, pixel_size_nm: float | None = None, **kwargs):
+    """The micrograph ``path`` names, read before any model loads so a bad file fails at once;
+    says on stderr which page of a multi-page file was read."""
+    import sys
+
+    from slava.errors import SlavaError
+    from slava.io import load_micrograph
+
+    if args.page < 1:
+        raise SlavaError(f"--page counts from 1, got {args.page}")
+    micrograph = load_micrograph(path, pixel_size_nm=pixel_size_nm, page=args.page - 1, **kwargs)
+    if micrograph.metadata.get("page_note"):
+        print(f"note: {micrograph.metadata['page_note']}", file=sys.stderr)
+    return micrograph
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """``--run`` and ``--json``, shared by the assistant commands."""
     p.add_argument("--run", default=None, help="trained run directory (default: $SLAVA_RUN or runs/tiny-cpu)")
@@ -19,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("question", help='e.g. "How many particles are visible?"')
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
     p.add_argument("--strategy", choices=("greedy", "beam", "top_p"), default="greedy", help="decoding strategy")
+    add_page_arg(p)
     add_run_args(p)
     p.set_defaults(func=run)
 
@@ -26,9 +48,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    # The image first: a bad file must fail at once, not after the model's import and load.
+    image = read_image(args, args.image)
     from slava.assistant import Assistant, default_run
 
-    answer = Assistant.load(args.run or default_run()).ask(args.image, args.question, args.max_new_tokens, args.strategy)
+    answer = Assistant.load(args.run or default_run()).ask(image, args.question, args.max_new_tokens, args.strategy)
     if args.json:
         print(json.dumps(answer.to_dict()))
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slava.cli.ask import add_run_args
+from slava.cli.ask import add_page_arg, add_run_args, read_image
 
 
 def register(subparsers) -> None:
@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--support", default=None, help="few-shot support folder: <dir>/<label>/<images>")
     p.add_argument("--shots", type=int, default=None, help="support images per class (default: all)")
     p.add_argument("--mode", choices=("prototype", "in_context"), default="prototype", help="few-shot method")
+    add_page_arg(p)
     add_run_args(p)
     p.set_defaults(func=run)
 
@@ -26,10 +27,18 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from pathlib import Path
+
+    from slava.errors import SlavaError
+
+    # Inputs first: a missing file must not cost the seconds the model takes to import and load.
+    image = read_image(args, args.image)
+    if args.support and not Path(args.support).is_dir():
+        raise SlavaError(f"--support {args.support}: no such folder")
     from slava.assistant import Assistant, default_run
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
-    result = Assistant.load(args.run or default_run()).classify(args.image, labels, args.support, args.shots, args.mode)
+    result = Assistant.load(args.run or default_run()).classify(image, labels, args.support, args.shots, args.mode)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from slava.cli.ask import add_page_arg, read_image
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``inspect`` command."""
@@ -17,20 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--pixel-size", type=float, metavar="NM", help="pixel size in nm (overrides metadata)")
     p.add_argument("--scale-bar-nm", type=float, metavar="NM", help="length the scale bar stands for, in nm")
+    add_page_arg(p)
     p.set_defaults(func=inspect)
 
 
 def inspect(args: argparse.Namespace) -> int:
     """Load ``args.file`` and print its summary."""
-    from slava.io import load_micrograph
-
-    m = load_micrograph(args.file, pixel_size_nm=args.pixel_size, scale_bar_nm=args.scale_bar_nm)
+    m = read_image(args, args.file, args.pixel_size, scale_bar_nm=args.scale_bar_nm)
     height, width = m.original_shape
     summary = {
         "path": m.path,
         "sha256": m.sha256,
         "format": m.metadata.get("format"),
-        "size": [width, height],
+        "size": m.metadata.get("file_size") or [width, height],
         "image_size": [m.width, m.height],
         "dtype": m.dtype,
         "bit_depth": m.bit_depth,
@@ -42,6 +43,9 @@ def inspect(args: argparse.Namespace) -> int:
         "scale_bar_box": list(m.scale_bar_box) if m.scale_bar_box else None,
         "scale_bar_nm": m.scale_bar_nm,
         "field_width_nm": m.to_nm(m.width),
+        "pages": int(m.metadata.get("pages") or 1),
+        "page": int(m.metadata.get("page") or 0) + 1,
+        "downscale": m.metadata.get("downscale", 1.0),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -61,7 +65,9 @@ def inspect(args: argparse.Namespace) -> int:
             scale += f" ≈ {m.scale_bar_px * m.pixel_size_nm:.4g} nm at that pixel size"
     for key, value in (
         ("file", m.path),
-        ("format", f"{summary['format']}, {width}x{height}, {m.dtype} ({m.bit_depth}-bit)"),
+        ("format", f"{summary['format']}, {summary['size'][0]}x{summary['size'][1]}, {m.dtype} ({m.bit_depth}-bit)"
+                   + (f", page {summary['page']} of {summary['pages']}" if summary["pages"] > 1 else "")
+                   + (f", read reduced {summary['downscale']:g}x" if summary["downscale"] != 1.0 else "")),
         ("pixel size", pixel),
         ("data bar", bar),
         ("scale bar", scale),

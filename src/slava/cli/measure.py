@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slava.cli.ask import add_page_arg, read_image
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("measure", help="measure particles, fibres, pores, texture of a micrograph",
@@ -12,6 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("image", help="image file (TIFF, PNG, JPEG)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size in nm (overrides metadata)")
     p.add_argument("--json", action="store_true", help="print the full measurements as JSON")
+    add_page_arg(p)
     p.set_defaults(func=run)
 
 
@@ -24,10 +27,9 @@ def _fmt(value, unit: str = "") -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from slava.assistant.images import to_micrograph
     from slava.measure import measure
 
-    micrograph = to_micrograph(args.image, args.pixel_size)
+    micrograph = read_image(args, args.image, args.pixel_size)
     m = measure(micrograph)
     if args.json:
         print(json.dumps({"path": args.image, **m.to_dict()}))

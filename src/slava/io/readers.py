@@ -150,7 +150,8 @@ def _decode_tiff(source: str | BinaryIO, name: str, max_pixels: int, max_work_pi
         shape = dict(zip(page.axes, page.shape))
         _check_size(name, shape.get("X", 0), shape.get("Y", 0), max_pixels)
         pixel_sizes = tiff_pixel_sizes(tif)
-        info = {"pages": len(tif.pages), "page": page_index, "photometric": page.photometric.name.lower()}
+        info = {"pages": len(tif.pages), "page": page_index, "photometric": page.photometric.name.lower(),
+                "file_size": [int(shape.get("X", 0)), int(shape.get("Y", 0))]}
         try:
             samples = page.asarray()
         except (KeyError, ValueError) as exc:
@@ -243,7 +244,7 @@ def _decode_pil(source: str | BinaryIO, name: str, max_pixels: int, max_work_pix
             pages = getattr(im, "n_frames", 1)
             _check_page(name, page, pages)
             im.seek(page)
-            width = im.width
+            width, height = im.width, im.height
             if fmt == "JPEG" and reduce_factor(im.width, im.height, max_work_pixels) > 1:
                 # The JPEG decoder itself scales by 1/2, 1/4 or 1/8: the full image is never decoded.
                 factor = reduce_factor(im.width, im.height, max_work_pixels)
@@ -265,6 +266,7 @@ def _decode_pil(source: str | BinaryIO, name: str, max_pixels: int, max_work_pix
             physical = png_pixel_size_nm(im.info.get("dpi")) if fmt == "PNG" else None
     decoded.info["pages"] = pages
     decoded.info["page"] = page
+    decoded.info["file_size"] = [int(width), int(height)]
     if physical is not None:
         decoded.pixel_sizes["png-phys"] = physical
     return decoded
