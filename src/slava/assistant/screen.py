@@ -28,6 +28,7 @@ import numpy as np
 from slava.data.locks import OutputLock
 from slava.errors import SlavaError
 from slava.io import IMAGE_EXTENSIONS
+from slava.orphans import exit_with_parent
 
 MEASURE_COLUMNS = (
     "unit", "pixel_size_nm", "particle_count", "mean_particle_diameter", "particle_coverage",
@@ -128,7 +129,8 @@ def _decoded(jobs: list[tuple], workers: int) -> Iterator[dict]:
     if workers <= 0 or len(jobs) < 2:
         yield from map(decode_one, jobs)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    # Workers end with this process, even when it is killed with -9.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
         yield from pool.map(decode_one, jobs, chunksize=8)
 
 

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
                    help=f"serve without an API key when {KEY_ENV} is unset; loopback hosts only")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image accepted, in MiB (default 20)")
     p.add_argument("--max-batch", type=int, default=8, help="most requests the model runs as one batch (default 8)")
+    p.add_argument("--max-megapixels-in-flight", type=float, default=64.0,
+                   help="image pixels (from their headers) all requests may hold at once; more wait (default 64)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--rank", type=int, default=None, help="DyA-MoPE inference rank (default: the trained r_max)")
     p.set_defaults(func=run)
@@ -55,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     """Check the security settings, load the run, and serve until interrupted."""
     api_key = os.environ.get(KEY_ENV) or None
     check_security(args.host, args.insecure_local, api_key)
-    if args.max_upload_mb <= 0 or args.max_batch < 1 or not 0 <= args.port <= 65535:
-        raise SlavaError("--max-upload-mb must be > 0, --max-batch >= 1 and --port in 0..65535")
+    if args.max_upload_mb <= 0 or args.max_batch < 1 or not 0 <= args.port <= 65535 or args.max_megapixels_in_flight <= 0:
+        raise SlavaError("--max-upload-mb and --max-megapixels-in-flight must be > 0, --max-batch >= 1 and "
+                         "--port in 0..65535")
 
     from pathlib import Path
 
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from slava.assistant import Assistant, default_run
     from slava.serve import create_app
+    from slava.serve.app import LOOPBACK_NAMES
 
     run_dir = Path(args.run or default_run())
     assistant = Assistant.load(run_dir, device=args.device, rank=args.rank)
@@ -74,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         model_name=run_dir.resolve().name,
         labels=assistant.labels,
+        max_pixels_in_flight=max(1, int(args.max_megapixels_in_flight * 1e6)),
+        # Without a key, only requests addressed to the bound loopback address (and its names) are answered.
+        allowed_hosts=(*LOOPBACK_NAMES, args.host if ":" not in args.host else f"[{args.host}]"),
+        port=args.port or None,
     )
     auth = "bearer key required" if api_key else "NO authentication (--insecure-local)"
     print(f"serving {run_dir} on http://{args.host}:{args.port}/ ({auth})", flush=True)

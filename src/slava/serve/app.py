@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slava.errors import SlavaError
 from slava.serve.batching import ModelWorker, QueueFull
-from slava.serve.inputs import ApiError, finite, optional_float, read_image_request, to_micrograph
+from slava.serve.inputs import ApiError, finite, header_pixels, optional_float, read_image_request, to_micrograph
+from slava.serve.limits import DEFAULT_MAX_PIXELS_IN_FLIGHT, ClientGone, PixelBudget, run_while_connected
 from slava.serve.openai_routes import ChatCall, answer_chat, router
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,66 @@ def _key_matches(header: bytes | None, api_key: bytes) -> bool:
     return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), api_key)
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+"""Host names a loopback server answers to without a key."""
+ALLOWED_CONTENT_TYPES = (b"application/json", b"multipart/form-data")
+
+
+def _split_authority(value: str) -> tuple[str, str | None]:
+    """("host", "port") of a Host header value or an origin's authority; IPv6 stays bracketed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value.partition("]")
+        return host + "]", rest[1:] if rest.startswith(":") else None
+    host, sep, port = value.rpartition(":")
+    return (host, port) if sep and port.isdigit() else (value, None)
+
+
 class RequestGuard:
     """ASGI middleware: bearer key and body cap on ``/v1/``, security headers on every response.
 
     It runs before any route reads the body, so a request without the key or
     with an oversize ``Content-Length`` is answered without reading a byte of it.
+    Without a key (``--insecure-local``) a web page elsewhere must not be able to
+    use the server through the user's browser, so every request also needs a
+    ``Host`` naming this server (against DNS rebinding), no foreign ``Origin``,
+    and a POST to ``/v1/`` needs a JSON or multipart body (a ``text/plain`` form
+    post skips the browser's CORS preflight).
     """
 
-    def __init__(self, app, api_key: str | None, max_body: int):
+    def __init__(self, app, api_key: str | None, max_body: int, allowed_hosts: Sequence[str] = LOOPBACK_NAMES,
+                 port: int | None = None):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body = max_body
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
+        self.port = port
+
+    def _authority_ok(self, value: str) -> bool:
+        host, port = _split_authority(value)
+        if host not in self.allowed_hosts:
+            return False
+        return self.port is None or port == str(self.port) or (port is None and self.port == 80)
+
+    def _cross_site_refusal(self, scope, headers: dict) -> JSONResponse | None:
+        """Why a keyless request may come from another site, as the response to send; None when it may not."""
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self._authority_ok(host):
+            return error_response(403, f"Host {host!r} is not this server's address: a server without an API key "
+                                  "answers only requests made to its own loopback address", "forbidden_host")
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            scheme, _, authority = text.partition("://")
+            if scheme not in ("http", "https") or not self._authority_ok(authority):
+                return error_response(403, f"Origin {text!r} is another site: a server without an API key answers "
+                                      "only its own page", "forbidden_origin")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and scope["path"].startswith("/v1/"):
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype not in ALLOWED_CONTENT_TYPES:
+                return error_response(415, f"content type {ctype.decode('latin-1')!r} is not accepted: send "
+                                      "application/json or multipart/form-data", "unsupported_content_type")
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -94,10 +144,15 @@ class RequestGuard:
                 message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS}
             await send(message)
 
+        headers = dict(scope["headers"])
+        if self.api_key is None:
+            refusal = self._cross_site_refusal(scope, headers)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_headers)
+                return
         if not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send_with_headers)
             return
-        headers = dict(scope["headers"])
         if self.api_key is not None and not _key_matches(headers.get(b"authorization"), self.api_key):
             given = b"authorization" in headers
             message = "Incorrect API key provided." if given else (
@@ -133,9 +188,10 @@ class RequestGuard:
 def _batch_handlers(assistant) -> dict:
     """The worker's handlers: how each kind of job calls the Assistant."""
 
-    # The Assistant generates one conversation at a time, so chat batches run sequentially.
+    # The Assistant generates one conversation at a time, so chat batches run sequentially;
+    # a call whose client left while it waited in the batch is not started.
     def chat(calls: Sequence[ChatCall]) -> list:
-        return [_attempt(answer_chat, assistant, c) for c in calls]
+        return [ClientGone() if c.cancel.is_set() else _attempt(answer_chat, assistant, c) for c in calls]
 
     # Jobs batch only with the same labels, so one batched forward scores them all.
     def classify(calls: Sequence[tuple]) -> list:
@@ -195,6 +251,9 @@ def create_app(
     model_name: str = "slava",
     labels: Sequence[str] = (),
     max_waiting: int = 1024,
+    max_pixels_in_flight: int = DEFAULT_MAX_PIXELS_IN_FLIGHT,
+    allowed_hosts: Sequence[str] = LOOPBACK_NAMES,
+    port: int | None = None,
 ) -> FastAPI:
     """The server app around a loaded ``assistant``.
 
@@ -202,7 +261,10 @@ def create_app(
     ``--insecure-local``). ``labels`` are the default classification labels
     (the run's classes). ``max_upload_bytes`` caps each decoded image;
     ``max_batch`` caps the jobs the worker runs as one batch and
-    ``max_waiting`` the jobs in flight before requests get 503.
+    ``max_waiting`` the jobs in flight before requests get 503;
+    ``max_pixels_in_flight`` caps the header pixels of the images all requests
+    hold at once (``PixelBudget``). Without a key, only requests to
+    ``allowed_hosts`` (on ``port`` when given) from no other origin are answered.
     """
     worker = ModelWorker(_batch_handlers(assistant), max_batch=max_batch, max_waiting=max_waiting)
 
@@ -220,8 +282,10 @@ def create_app(
     app.state.created = int(time.time())
     app.state.labels = list(labels)
     app.state.max_upload_bytes = max_upload_bytes
+    app.state.pixel_budget = budget = PixelBudget(max_pixels_in_flight)
     # A base64 image is 4/3 of its bytes; the slack holds the JSON around it.
-    app.add_middleware(RequestGuard, api_key=api_key, max_body=max_upload_bytes * 4 // 3 + JSON_SLACK_BYTES)
+    app.add_middleware(RequestGuard, api_key=api_key, max_body=max_upload_bytes * 4 // 3 + JSON_SLACK_BYTES,
+                       allowed_hosts=allowed_hosts, port=port)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
@@ -231,6 +295,11 @@ def create_app(
     async def _user_error(_request: Request, exc: SlavaError):
         # The library's own "bad input" errors (unreadable image, bad labels) are the client's to fix.
         return error_response(400, str(exc), "invalid_request")
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_request: Request, _exc: ClientGone):
+        # Nobody reads this (the client left); 499 is the customary log code for it.
+        return error_response(499, "client closed the request", "client_closed_request")
 
     @app.exception_handler(QueueFull)
     async def _queue_full(_request: Request, exc: QueueFull):
@@ -257,7 +326,8 @@ def create_app(
     async def healthz():
         """Liveness, whether a key is needed, and worker load; public, so no run details."""
         return {"status": "ok", "auth_required": api_key is not None, "waiting": worker.waiting,
-                "batches": worker.batches_run, "largest_batch": worker.largest_batch}
+                "batches": worker.batches_run, "largest_batch": worker.largest_batch,
+                "pixels_in_flight": budget.in_flight, "peak_pixels_in_flight": budget.peak}
 
     @app.get("/v1/labels")
     async def get_labels():
@@ -268,8 +338,9 @@ def create_app(
     async def preview(request: Request):
         """The micrograph as the model sees it: data bar cropped, with its calibration."""
         data, name, fields = await read_image_request(request, max_upload_bytes)
-        micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
-        url, scale = await asyncio.to_thread(_png_data_url, micrograph.pixels)
+        async with budget.hold(header_pixels(data, name)):
+            micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
+            url, scale = await asyncio.to_thread(_png_data_url, micrograph.pixels)
         return {
             "object": "preview",
             "image": url,
@@ -290,8 +361,10 @@ def create_app(
         """Ranked labels with probabilities for one image (JSON or multipart)."""
         data, name, fields = await read_image_request(request, max_upload_bytes)
         chosen = _parse_labels(fields.get("labels"), app.state.labels)
-        micrograph = await to_micrograph(data, name)
-        result = await worker.run("classify", (micrograph, tuple(chosen)), key=tuple(chosen))
+        async with budget.hold(header_pixels(data, name)):
+            micrograph = await to_micrograph(data, name)
+            result = await run_while_connected(request.receive, worker, "classify", (micrograph, tuple(chosen)),
+                                               key=tuple(chosen))
         ranked = [{"label": label, "probability": float(p)} for label, p in result.ranked]
         return {"object": "classification", "model": model_name, "label": ranked[0]["label"], "ranked": ranked,
                 "mode": result.mode, "latency_s": result.latency_s}
@@ -300,8 +373,9 @@ def create_app(
     async def measure(request: Request):
         """Counts and sizes (nm where the pixel size is known) from the measurement toolkit."""
         data, name, fields = await read_image_request(request, max_upload_bytes)
-        micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
-        result = await worker.run("measure", micrograph)
+        async with budget.hold(header_pixels(data, name)):
+            micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
+            result = await run_while_connected(request.receive, worker, "measure", micrograph)
         return {"object": "measurements", "model": model_name, "pixel_size_nm": micrograph.pixel_size_nm,
                 "measurements": finite(result.to_dict())}
 

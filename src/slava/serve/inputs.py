@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Request
 
 from slava.io import Micrograph, MicrographError, load_micrograph_bytes
+from slava.io.readers import probe_image
 
 
 class ApiError(Exception):
@@ -89,6 +90,8 @@ async def read_json(request: Request) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to be a request", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     return body
@@ -146,6 +149,15 @@ async def to_micrograph(data: bytes, name: str = "upload", pixel_size_nm: float 
         return await asyncio.to_thread(load_micrograph_bytes, data, name=name, pixel_size_nm=pixel_size_nm)
     except MicrographError as exc:
         raise ApiError(400, str(exc), code="invalid_image", param="image") from None
+
+
+def header_pixels(data: bytes, name: str = "upload") -> int:
+    """Width × height from the image's header (nothing decoded); a non-image is a 400."""
+    try:
+        width, height = probe_image(data, name)
+    except MicrographError as exc:
+        raise ApiError(400, str(exc), code="invalid_image", param="image") from None
+    return width * height
 
 
 def finite(value: Any) -> Any:

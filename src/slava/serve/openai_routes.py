@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from fastapi import APIRouter, Request
@@ -26,7 +27,8 @@ from fastapi.responses import StreamingResponse
 
 from slava.data.chat import IMAGE_TOKEN, encode
 from slava.io import Micrograph
-from slava.serve.inputs import ApiError, decode_base64_image, finite, read_json, to_micrograph
+from slava.serve.inputs import ApiError, decode_base64_image, finite, header_pixels, read_json, to_micrograph
+from slava.serve.limits import run_while_connected
 
 router = APIRouter()
 
@@ -47,6 +49,8 @@ class ChatCall:
     strategy: str
     top_p: float
     temperature: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set when the client disconnected: generation stops at the next token."""
 
 
 @dataclass
@@ -71,7 +75,7 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
     max_tokens = min(call.max_tokens, context - len(prompt))
     answer = assistant.chat(
         call.image, call.turns, max_new_tokens=max_tokens, strategy=call.strategy, top_p=call.top_p,
-        temperature=call.temperature,
+        temperature=call.temperature, should_stop=call.cancel.is_set,
     )
     completion = answer.tokens if answer.source == "model" else len(tokenizer.encode(answer.text))
     return ChatResult(answer, len(prompt), completion, max_tokens)
@@ -207,8 +211,10 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"{len(set(urls))} different images: the model reads one micrograph per conversation",
                        code="too_many_images", param="messages")
     data = decode_base64_image(urls[0], state.max_upload_bytes, param="image_url", allow_bare=False)
-    micrograph = await to_micrograph(data)
-    result = await state.worker.run("chat", ChatCall(micrograph, turns, max_tokens, strategy, top_p, temperature))
+    async with state.pixel_budget.hold(header_pixels(data)):
+        micrograph = await to_micrograph(data)
+        call = ChatCall(micrograph, turns, max_tokens, strategy, top_p, temperature)
+        result = await run_while_connected(request.receive, state.worker, "chat", call, cancel=call.cancel)
     answer = result.answer
     text, stopped = _apply_stop(answer.text, stop)
     finish_reason = "stop" if stopped else answer.finish_reason

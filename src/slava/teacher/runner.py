@@ -114,8 +114,12 @@ _POOL_BACKEND: AnalyticBackend | None = None
 
 
 def _init_pool(backend: AnalyticBackend) -> None:
+    from slava.orphans import exit_with_parent
+
     global _POOL_BACKEND
     _POOL_BACKEND = backend
+    # A worker's parent is the forkserver, which itself exits with the run.
+    exit_with_parent()
 
 
 def _pool_call(item: tuple[int, Any]) -> tuple[int, TeachResult]:
