@@ -26,7 +26,15 @@ def _watch(parent: int) -> None:
         time.sleep(POLL_S)
 
 
-def exit_with_parent() -> None:
-    """End this process when its parent dies (call it in the worker, e.g. as a pool initializer)."""
-    parent = os.getppid()
+def exit_with_parent(parent: int | None = None) -> None:
+    """End this process when its parent dies; call it in the worker, e.g. as a pool initializer.
+
+    ``parent`` is the parent's PID as the parent saw it (``os.getpid()`` passed
+    in ``initargs``): a worker still starting up when the parent died is already
+    re-parented, so its own ``os.getppid()`` would watch the wrong process.
+    None takes ``os.getppid()`` now (for workers forked by a fork server).
+    """
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        os._exit(1)
     threading.Thread(target=_watch, args=(parent,), name="slava-exit-with-parent", daemon=True).start()

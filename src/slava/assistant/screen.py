@@ -130,7 +130,8 @@ def _decoded(jobs: list[tuple], workers: int) -> Iterator[dict]:
         yield from map(decode_one, jobs)
         return
     # Workers end with this process, even when it is killed with -9.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         yield from pool.map(decode_one, jobs, chunksize=8)
 
 

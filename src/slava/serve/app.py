@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from slava.errors import SlavaError
 from slava.serve.batching import ModelWorker, QueueFull
@@ -297,7 +298,8 @@ def create_app(
         return error_response(400, str(exc), "invalid_request")
 
     @app.exception_handler(ClientGone)
-    async def _client_gone(_request: Request, _exc: ClientGone):
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(_request: Request, _exc: Exception):
         # Nobody reads this (the client left); 499 is the customary log code for it.
         return error_response(499, "client closed the request", "client_closed_request")
 
@@ -326,7 +328,7 @@ def create_app(
     async def healthz():
         """Liveness, whether a key is needed, and worker load; public, so no run details."""
         return {"status": "ok", "auth_required": api_key is not None, "waiting": worker.waiting,
-                "batches": worker.batches_run, "largest_batch": worker.largest_batch,
+                "batches": worker.batches_run, "largest_batch": worker.largest_batch, "dropped": worker.dropped,
                 "pixels_in_flight": budget.in_flight, "peak_pixels_in_flight": budget.peak}
 
     @app.get("/v1/labels")

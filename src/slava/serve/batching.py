@@ -58,6 +58,8 @@ class ModelWorker:
         self.max_waiting = max_waiting
         self.batches_run = 0
         self.largest_batch = 0
+        self.dropped = 0
+        """Jobs skipped because their caller cancelled them while they waited."""
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._held: deque[Job] = deque()
         self._waiting = 0
@@ -135,7 +137,9 @@ class ModelWorker:
             if batch is None:
                 return
             # A job whose caller went away (cancelled future) is skipped, not computed.
-            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            self.dropped += len(batch) - len(live)
+            batch = live
             if batch:
                 self._execute(batch)
 
