@@ -328,7 +328,8 @@ def create_app(
     async def healthz():
         """Liveness, whether a key is needed, and worker load; public, so no run details."""
         return {"status": "ok", "auth_required": api_key is not None, "waiting": worker.waiting,
-                "batches": worker.batches_run, "largest_batch": worker.largest_batch, "dropped": worker.dropped,
+                "batches": worker.batches_run, "largest_batch": worker.largest_batch,
+                "submitted": worker.submitted, "dropped": worker.dropped,
                 "pixels_in_flight": budget.in_flight, "peak_pixels_in_flight": budget.peak}
 
     @app.get("/v1/labels")

@@ -58,6 +58,8 @@ class ModelWorker:
         self.max_waiting = max_waiting
         self.batches_run = 0
         self.largest_batch = 0
+        self.submitted = 0
+        """Jobs accepted since the start."""
         self.dropped = 0
         """Jobs skipped because their caller cancelled them while they waited."""
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -87,6 +89,7 @@ class ModelWorker:
             if self._waiting >= self.max_waiting:
                 raise QueueFull(f"{self._waiting} requests are already waiting for the model")
             self._waiting += 1
+            self.submitted += 1
         job = Job(kind, (kind, key), payload)
         job.future.add_done_callback(self._done)
         self._queue.put(job)
