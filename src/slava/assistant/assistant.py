@@ -121,7 +121,7 @@ class Assistant:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
              precision: str = "auto") -> "Assistant":
-        """Load a run directory (``slava train --out``); ``rank`` runs the experts at that rank (r_max when None).
+        """Load a run directory (the ``--out`` of a training run); ``rank`` runs the experts at that rank (r_max when None).
 
         ``precision`` is resolved by ``slava.hardware.choose_precision`` for the device.
         """
@@ -130,7 +130,7 @@ class Assistant:
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
-            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one with `slava train` or pass --run")
+            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one first with the `train` command, or pass --run")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = SlavaModel.load(run_dir).to(device)
         try:

@@ -24,7 +24,6 @@ from slava.eval.data import add_teacher_references, load_eval_data
 
 TASKS = ("caption", "vqa", "classify", "count")
 SHOTS = (1, 5, 10)
-CHEAP_BASELINES = ("texture", "efficientnet")
 
 
 def _machine() -> str:
