@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from slava.assistant.fewshot import SupportError, load_support, prototype_probs,
 from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, user_turn
+from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
 from slava.hardware import choose_precision
 from slava.io import Micrograph
@@ -93,16 +93,7 @@ def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: floa
 
 def trained_labels(run_dir: str | Path) -> list[str]:
     """Class labels a run was trained on (``meta.class`` values of its records), sorted; [] if unknown."""
-    run_dir = Path(run_dir)
-    for name in ("train_summary.json", "train_records.json"):
-        path = run_dir / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            data = data.get("labels", data)
-            classes = data.get("meta_classes") or {}
-            if classes:
-                return sorted(classes)
-    return []
+    return sorted((read_run_labels(run_dir) or {}).get("meta_classes") or {})
 
 
 class Assistant:

@@ -25,7 +25,6 @@ import os
 import re
 import resource
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 from slava.config import ConfigError, to_dict
 from slava.data.chat import IGNORE_INDEX, render_text
 from slava.data.records import read_records, resolve_image
-from slava.data.taxonomy import CLASS_NAMES
+from slava.data.run_labels import SUMMARY_FILE, label_vocabulary
 from slava.errors import SlavaError
 from slava.hardware import choose_precision, describe_run, use_threads
 from slava.model.loss import token_cross_entropy
@@ -61,23 +60,6 @@ def _peak_memory_mb(device: torch.device) -> dict:
     if device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
-
-
-def label_vocabulary(records: list[dict]) -> dict:
-    """Class labels the training data exposed: ``meta.class`` values and class names found in answers.
-
-    The zero-shot evaluation reads this to tell unseen classes from seen ones.
-    """
-    meta_classes = Counter(str(c) for r in records if (c := (r.get("meta") or {}).get("class")) is not None)
-    names = set(CLASS_NAMES) | set(CLASS_NAMES.values()) | set(meta_classes)
-    patterns = {n: re.compile(r"\b" + re.escape(n.replace("_", " ")) + r"\b", re.I) for n in names}
-    in_answers: Counter = Counter()
-    for rec in records:
-        text = " ".join(t.get("value", "") for t in rec["conversations"][1::2])
-        for name, pat in patterns.items():
-            if pat.search(text):
-                in_answers[name] += 1
-    return {"meta_classes": dict(sorted(meta_classes.items())), "class_names_in_answers": dict(sorted(in_answers.items()))}
 
 
 @dataclass
@@ -520,8 +502,7 @@ class Trainer:
         }
         if self.info.is_main:
             model.save(self.out)
-            write_text_atomic(self.out / "train_summary.json", json.dumps(summary, indent=1) + "\n")
-            write_text_atomic(self.out / "train_records.json", json.dumps(summary["labels"], indent=1) + "\n")
+            write_text_atomic(self.out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
             plot_run(self.out)
         D.barrier(self.info)
         return summary
