@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from slava.assistant.screen import COLUMNS, screen
+from slava.hardware import choose_precision
 
 from tiny_run import TINY_CLASSES, tiny_images
 
@@ -41,6 +42,7 @@ def test_corrupt_files_become_error_rows(tiny_run, folder, tmp_path):
     frame = pd.read_csv(out)
     assert list(frame.columns) == list(COLUMNS)
     assert summary.total == len(frame) == 14 and summary.errors == 2
+    assert summary.precision == choose_precision("auto", "cpu").name
     assert list(frame["path"]) == sorted(frame["path"])
     bad = frame[frame["error"].notna()]
     assert set(bad["path"]) == {"broken_truncated.png", "not_an_image.png"} and bad["label"].isna().all()
