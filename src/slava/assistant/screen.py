@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from slava.data.atomic import write_atomic
 from slava.data.locks import OutputLock
 from slava.errors import SlavaError
 from slava.io import IMAGE_EXTENSIONS
@@ -60,6 +61,8 @@ class ScreenSummary:
     out: str
     html: str | None
     labels: list[str]
+    precision: str
+    """The compute precision the model ran in (``slava.hardware``)."""
 
     @property
     def images_per_s(self) -> float:
@@ -111,7 +114,7 @@ def decode_one(job: tuple[str, str, int, bool]) -> dict:
         data = path.read_bytes()
         row["sha256"] = hashlib.sha256(data).hexdigest()
         from slava.io import load_micrograph_bytes
-        from slava.train.dataset import to_model_pixels
+        from slava.model.pixels import to_model_pixels
 
         micrograph = load_micrograph_bytes(data, name=rel)
         row["pixels"] = to_model_pixels(micrograph.pixels, size).numpy()
@@ -164,7 +167,7 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
             r["top3"] = json.dumps([[lab, round(p, 6)] for lab, p in res.ranked[:3]])
         if caption and results:
             prompt = assistant._prompt([_caption_turn()])
-            with torch.inference_mode():
+            with assistant.inference():
                 out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good), max_new_tokens=96)
             for r, ids in zip(good, out):
                 r["caption"] = assistant.tokenizer.decode(ids).strip()
@@ -247,14 +250,10 @@ def _finalise(out: Path, rows: list[dict]) -> "object":
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     for col in ("sha256", "label", "top3", "unit", "caption", "error"):
         frame[col] = frame[col].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else str(v))
-    tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
+        write_atomic(out, lambda tmp: frame.to_csv(tmp, index=False))
     else:
-        frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+        write_atomic(out, lambda tmp: frame.to_parquet(tmp, index=False))
     journal = _journal_path(out)
     if journal != out and journal.exists():
         journal.unlink()
@@ -267,7 +266,7 @@ _RAY_ASSISTANT: dict = {}
 
 
 def _ray_shard(run_dir: str, root: str, rels: list[str], labels: list[str], caption: bool, with_measure: bool,
-               batch_size: int) -> list[dict]:
+               batch_size: int, precision: str) -> list[dict]:
     """Screen one shard inside a Ray worker; the assistant is loaded once per worker process."""
     import torch
 
@@ -275,7 +274,7 @@ def _ray_shard(run_dir: str, root: str, rels: list[str], labels: list[str], capt
     if run_dir not in _RAY_ASSISTANT:
         from slava.assistant.assistant import Assistant
 
-        _RAY_ASSISTANT[run_dir] = Assistant.load(run_dir, device="cpu")
+        _RAY_ASSISTANT[run_dir] = Assistant.load(run_dir, device="cpu", precision=precision)
     assistant = _RAY_ASSISTANT[run_dir]
     jobs = [(root, rel, assistant.model.image_size, with_measure) for rel in rels]
     rows = []
@@ -285,7 +284,7 @@ def _ray_shard(run_dir: str, root: str, rels: list[str], labels: list[str], capt
 
 
 def _ray_rows(address: str, run_dir: str, root: Path, pending: list[str], labels, caption, with_measure, batch_size,
-              workers: int) -> Iterator[list[dict]]:
+              workers: int, precision: str) -> Iterator[list[dict]]:
     import ray
 
     if not ray.is_initialized():
@@ -295,7 +294,8 @@ def _ray_rows(address: str, run_dir: str, root: Path, pending: list[str], labels
             ray.init(address=address, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_ray_shard)
     shard = max(batch_size, 1) * 2
-    refs = [task.remote(run_dir, str(root), pending[i : i + shard], list(labels), caption, with_measure, batch_size)
+    refs = [task.remote(run_dir, str(root), pending[i : i + shard], list(labels), caption, with_measure, batch_size,
+                        precision)
             for i in range(0, len(pending), shard)]
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
@@ -318,6 +318,7 @@ def screen(
     with_measure: bool = True,
     progress: bool = True,
     html: bool = True,
+    precision: str = "auto",
 ) -> ScreenSummary:
     """Screen every image under ``folder`` into ``out`` (.csv or .parquet) and ``<out>.html``.
 
@@ -325,7 +326,7 @@ def screen(
     ``out`` (or its journal) are skipped, so a rerun resumes. ``max_images``
     stops after that many new images (the table is then left unfinished, as
     after a kill). ``ray_address`` ("local" or a cluster address) fans the
-    shards out over Ray.
+    shards out over Ray. ``precision`` is resolved per device by ``slava.hardware``.
     """
     start = time.perf_counter()
     root, out = Path(folder).expanduser().resolve(), Path(out)
@@ -339,13 +340,14 @@ def screen(
     # Held for the whole run: two screens appending to one journal would interleave and duplicate rows.
     with OutputLock(out):
         return _screen_locked(root, run_dir, out, files, labels, workers, caption, ray_address, batch_size, max_images,
-                              with_measure, progress, html, start)
+                              with_measure, progress, html, precision, start)
 
 
 def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, workers: int, caption: bool,
                    ray_address: str | None, batch_size: int, max_images: int | None, with_measure: bool,
-                   progress: bool, html: bool, start: float) -> ScreenSummary:
+                   progress: bool, html: bool, precision: str, start: float) -> ScreenSummary:
     from slava.assistant.assistant import Assistant
+    from slava.hardware import choose_precision
 
     existing = _existing_rows(out)
     done = {r["path"] for r in existing}
@@ -354,7 +356,8 @@ def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, wor
         pending = pending[:max_images]
     assistant = None
     if ray_address is None or not labels:
-        assistant = Assistant.load(run_dir)
+        assistant = Assistant.load(run_dir, precision=precision)
+    chosen = assistant.precision if assistant is not None else choose_precision(precision, "cpu")
     labels = list(labels) if labels else assistant.labels
     if len(labels) < 2:
         raise ScreenError("screening needs at least two labels: pass --labels a,b,c (the run lists none)")
@@ -368,7 +371,8 @@ def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, wor
     written = 0
     try:
         if ray_address:
-            chunks = _ray_rows(ray_address, str(run_dir), root, pending, labels, caption, with_measure, batch_size, workers)
+            chunks = _ray_rows(ray_address, str(run_dir), root, pending, labels, caption, with_measure, batch_size, workers,
+                               precision)
         else:
             jobs = [(str(root), rel, assistant.model.image_size, with_measure) for rel in pending]
             chunks = (finish_rows(assistant, b, labels, caption) for b in _batches(_decoded(jobs, workers), batch_size))
@@ -392,4 +396,5 @@ def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, wor
             html_path = str(write_summary(frame, root, out, labels))
     else:
         errors = sum(1 for r in _existing_rows(out) if r.get("error"))
-    return ScreenSummary(len(files), written, len(done), errors, time.perf_counter() - start, str(out), html_path, labels)
+    return ScreenSummary(len(files), written, len(done), errors, time.perf_counter() - start, str(out), html_path, labels,
+                         chosen.name)

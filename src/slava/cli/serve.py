@@ -7,6 +7,7 @@ import ipaddress
 import os
 
 from slava.errors import SlavaError
+from slava.hardware import PRECISIONS
 
 KEY_ENV = "SLAVA_API_KEY"
 
@@ -31,6 +32,8 @@ def register(subparsers) -> None:
                    help="image pixels (from their headers) all requests may hold at once; more wait (default 64)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--rank", type=int, default=None, help="DyA-MoPE inference rank (default: the trained r_max)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="compute precision (default auto: bf16 only where the hardware runs it natively)")
     p.set_defaults(func=run)
 
 
@@ -66,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from slava.assistant import Assistant, default_run
+    from slava.hardware import use_threads
     from slava.serve import create_app
     from slava.serve.app import LOOPBACK_NAMES
 
     run_dir = Path(args.run or default_run())
-    assistant = Assistant.load(run_dir, device=args.device, rank=args.rank)
+    threads = use_threads("auto")
+    assistant = Assistant.load(run_dir, device=args.device, rank=args.rank, precision=args.precision)
     app = create_app(
         assistant,
         api_key=api_key,
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port or None,
     )
     auth = "bearer key required" if api_key else "NO authentication (--insecure-local)"
-    print(f"serving {run_dir} on http://{args.host}:{args.port}/ ({auth})", flush=True)
+    print(f"serving {run_dir} on http://{args.host}:{args.port}/ ({auth}); {assistant.precision.name}, "
+          f"{threads} threads: {assistant.precision.reason}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
