@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny_run import tiny_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -152,8 +151,8 @@ def test_train_refuses_bad_inputs_before_creating_the_run(tmp_path, taught, caps
     assert not (run / "metrics.jsonl").exists()
 
 
-def test_resume_or_start_starts_a_run_where_there_is_no_checkpoint(tmp_path_factory, tmp_path, capsys):
-    records = tiny_run_dir(tmp_path_factory).parent / "records.jsonl"
+def test_resume_or_start_starts_a_run_where_there_is_no_checkpoint(tiny_run, tmp_path, capsys):
+    records = tiny_run.parent / "records.jsonl"
     run = tmp_path / "run"
     code, out, err = cli(capsys, "train", "--recipe", TINY_RECIPE, "--data", records, "--out", run,
                          "--resume-or-start", "--max-steps", "1", "--no-progress", "--set", "max_len=512",
@@ -308,8 +307,8 @@ def test_uncalibrated_answers_state_no_length_in_nm():
     assert without_unknown_lengths("Fibres run left to right.") == ("Fibres run left to right.", False)
 
 
-def test_ask_gives_no_nm_for_an_uncalibrated_image(tmp_path_factory, tmp_path, capsys):
-    run = tiny_run_dir(tmp_path_factory)
+def test_ask_gives_no_nm_for_an_uncalibrated_image(tiny_run, tmp_path, capsys):
+    run = tiny_run
     noise_folder(tmp_path, n=1)
     code, out, err = cli(capsys, "ask", tmp_path / "a" / "img0.png", "How wide is the image?", "--run", run, "--json")
     assert code == 0, err[-2000:]
@@ -317,10 +316,10 @@ def test_ask_gives_no_nm_for_an_uncalibrated_image(tmp_path_factory, tmp_path, c
     assert answer["source"] == "measurement" and " nm" not in answer["text"] and "px" in answer["text"]
 
 
-def test_generation_stops_when_asked(tmp_path_factory, tmp_path):
+def test_generation_stops_when_asked(tiny_run, tmp_path):
     from slava.assistant import Assistant
 
-    assistant = Assistant.load(tiny_run_dir(tmp_path_factory))
+    assistant = Assistant.load(tiny_run)
     noise_folder(tmp_path, n=1)
     calls = []
 
@@ -355,8 +354,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_kill_9_on_screen_leaves_no_worker_processes(tmp_path_factory, tmp_path):
-    run = tiny_run_dir(tmp_path_factory)
+def test_kill_9_on_screen_leaves_no_worker_processes(tiny_run, tmp_path):
+    run = tiny_run
     data = noise_folder(tmp_path / "data", n=80, size=256)
     proc = subprocess.Popen([sys.executable, "-m", "slava.cli", "screen", str(data), "--out", str(tmp_path / "t.csv"),
                              "--run", str(run), "--workers", "2", "--batch-size", "4", "--no-progress"],

@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 
 from test_serve import data_url, image_message, start_server, stop_server, synthetic_png
-from tiny_run import tiny_run_dir
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak RSS is read from Linux /proc")
 
@@ -43,8 +42,8 @@ def peak_rss_mb(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    run = tiny_run_dir(tmp_path_factory)
+def served(tiny_run, tmp_path_factory):
+    run = tiny_run
     log = tmp_path_factory.mktemp("serve_limits") / "server.log"
     proc, base = start_server(run, None, "--insecure-local", "--max-megapixels-in-flight", str(PIXEL_BUDGET_MP),
                               log=log)
