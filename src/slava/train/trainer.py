@@ -154,9 +154,8 @@ class Trainer:
             except OutputLocked as exc:
                 problem = str(exc)
         # Every rank learns of a refused lock, so none waits at a barrier for a main process that left.
-        problem = D.broadcast_object(problem, self.info)
-        if problem:
-            raise OutputLocked(problem)
+        if D.all_reduce_sum([1.0 if problem else 0.0], self.info)[0] > 0:
+            raise OutputLocked(problem or f"{self.out} is locked by another process (see the main process's error)")
         try:
             return self._run(resume or resume_or_start, resume_or_start)
         finally:
