@@ -102,7 +102,7 @@ def test_second_writer_of_teach_screen_train_is_refused_with_the_holders_pid(tmp
 
 
 def test_two_concurrent_teach_runs_never_duplicate_records(tmp_path):
-    data = noise_folder(tmp_path / "data", n=6)
+    data = noise_folder(tmp_path / "data", n=40)  # enough work that the two runs overlap
     records = tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "slava.cli", "teach", "--data", str(data), "--out", str(records), "--workers", "1",
            "--no-progress"]
@@ -112,7 +112,7 @@ def test_two_concurrent_teach_runs_never_duplicate_records(tmp_path):
         assert p.returncode == 0 or "being written by another process (PID" in err, err[-2000:]
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     ids = [r["id"] for r in lines]
-    assert len(ids) == len(set(ids)) and {r["image"] for r in lines} == {f"data/a/img{i}.png" for i in range(6)}
+    assert len(ids) == len(set(ids)) and {r["image"] for r in lines} == {f"data/a/img{i}.png" for i in range(40)}
 
 
 # -- 3. recipes checked whole at load; 6. and 7. train inputs --------------------------
