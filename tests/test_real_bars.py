@@ -159,3 +159,39 @@ def test_cli_inspect_without_tesseract_says_so_once(tmp_path):
     lines = [line for line in (out.stdout + out.stderr).splitlines() if "Tesseract" in line]
     assert len(lines) == 1 and "not installed" in lines[0]
     assert "31.01 nm/px (from fei)" in out.stdout
+
+
+@needs_data
+def test_cli_measure_writes_the_overlay(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "overlay.png"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    run = subprocess.run([sys.executable, "-m", "slava.cli", "measure", str(GIFT), "--overlay", str(out)],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape[:2] == (943, 1024)
+    # The bar box (blue) at the bar's top edge, the scale bar (red) around its stroke.
+    assert tuple(image[884, 10]) == (60, 140, 255)
+    assert (image[890:910, 690:1025] == (255, 40, 40)).all(axis=2).any()
+    assert f"overlay     {out}" in run.stdout
+
+
+@needs_data
+def test_particles_touching_a_masked_band_are_not_counted():
+    from slava.measure import measure
+
+    band, image = _real_band_and_image()
+    composed = np.concatenate([image[:600], band, image[600:720]])
+    m = micrograph_from_array((composed * 255).astype(np.uint8), read_bar=False)
+    result = measure(m, kinds=("particles",))
+    assert any("masked" in note for note in result.notes)
+    from scipy import ndimage as ndi
+
+    from slava.measure.overlay import particle_outlines
+
+    counted, cut = particle_outlines(m)
+    # No counted particle reaches into the band; the ones it cuts are drawn as edge-cut.
+    assert not (counted & ndi.binary_dilation(~m.valid, iterations=2)).any()
+    assert cut[590:600].any() or cut[m.data_bar[3] : m.data_bar[3] + 10].any()
