@@ -195,3 +195,18 @@ def test_particles_touching_a_masked_band_are_not_counted():
     # No counted particle reaches into the band; the ones it cuts are drawn as edge-cut.
     assert not (counted & ndi.binary_dilation(~m.valid, iterations=2)).any()
     assert cut[590:600].any() or cut[m.data_bar[3] : m.data_bar[3] + 10].any()
+
+
+@needs_data
+@needs_ocr
+def test_assistant_grounds_instrument_questions_in_the_bar():
+    from slava.assistant.grounding import grounded_answer, grounded_kind
+    from slava.measure import measure
+
+    m = measure(load_micrograph(GIFT, read_bar=True), kinds=("texture",))
+    kind = grounded_kind("What magnification and accelerating voltage were used?")
+    assert kind == "instrument"
+    text, numbers = grounded_answer(kind, m)
+    assert numbers["magnification"] == 4000 and numbers["hv_kv"] == 10 and "ETD" in text
+    bare = measure(load_micrograph(GIFT, read_bar=False), kinds=("texture",))
+    assert "not known" in grounded_answer(kind, bare)[0]

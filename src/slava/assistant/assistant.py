@@ -25,7 +25,7 @@ from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, user_turn
 from slava.errors import SlavaError
-from slava.io import Micrograph
+from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
 
@@ -134,8 +134,10 @@ class Assistant:
     # -- images -----------------------------------------------------------------
 
     def prepare(self, image: ImageInput, pixel_size_nm: float | None = None) -> Micrograph:
-        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped)."""
-        return to_micrograph(image, pixel_size_nm)
+        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped, its text read)."""
+        micrograph = to_micrograph(image, pixel_size_nm)
+        read_instrument(micrograph)
+        return micrograph
 
     def pixels(self, micrographs: Sequence[Micrograph]) -> torch.Tensor:
         """Model input [B,1,S,S] for micrographs, on the assistant's device."""

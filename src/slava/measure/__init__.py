@@ -73,6 +73,7 @@ def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[s
         pixel_size_nm=size,
         unit="px" if size is None else "nm",
         notes=notes,
+        instrument=micrograph.instrument.to_dict() if micrograph.instrument is not None else None,
     )
     prep = prepare(pixels)
     if prep.scale > 1:
