@@ -210,3 +210,17 @@ def test_assistant_grounds_instrument_questions_in_the_bar():
     assert numbers["magnification"] == 4000 and numbers["hv_kv"] == 10 and "ETD" in text
     bare = measure(load_micrograph(GIFT, read_bar=False), kinds=("texture",))
     assert "not known" in grounded_answer(kind, bare)[0]
+
+
+@needs_data
+def test_superalloy_precipitates_counted_near_the_truth():
+    from slava.measure import measure
+
+    rows = _truth("nasa-superalloy")
+    errors, fractions = [], []
+    for image, row in list(rows.items())[::2]:
+        pores = measure(load_micrograph(REAL / "nasa-superalloy" / image, read_bar=False), kinds=("pores",)).pores
+        errors.append(abs(pores.count - row["count"]) / row["count"])
+        fractions.append(abs(pores.pore_fraction - sum(row["area_fraction"].values())))
+    # γ′ images dark: the dark-phase count and fraction (bench/bench_real_measure.py has the full set).
+    assert float(np.median(errors)) < 0.25 and float(np.median(fractions)) < 0.07
