@@ -1,11 +1,19 @@
-"""Training throughput and peak memory of the tiny-cpu student: DyA-MoPEs vs one LoRA vs full fine-tune.
+"""Training throughput of the tiny-cpu student: fp32 vs bf16, 1 thread vs auto, and DyA-MoPEs vs LoRA vs full.
 
-Each variant runs in its own subprocess (peak RSS is per process) on the same
-synthetic batches: the tiny-cpu model at 160 px, batch 16, ~200-token
-sequences, bf16 autocast, AdamW. Prints tokens/s, step time and peak memory
-per variant and their ratios to the single LoRA.
+Each measurement runs in its own subprocess (peak RSS is per process) on the
+same synthetic batches: the tiny-cpu model at 160 px, batch 16, ~200-token
+sequences, AdamW. Three tables, each measured side by side in this one run:
 
-    .venv/bin/python bench/bench_train.py [--steps 8] [--threads 2]
+1. precision: fp32 and bf16 autocast (DyA-MoPEs, auto threads), and what
+   `precision: auto` picks here (``slava.hardware``);
+2. threads: one thread against `threads: auto` (auto precision);
+3. adapters: DyA-MoPEs, one LoRA, full LM fine-tune (auto precision and threads),
+   as ratios to the single LoRA.
+
+Where bf16 is emulated (AVX2 without AMX) a bf16 step takes tens of seconds,
+so that row runs two steps after one warm-up.
+
+    .venv/bin/python bench/bench_train.py [--steps 8]
 """
 
 from __future__ import annotations
@@ -22,17 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("mope", "lora", "full")
 
 
-def measure(variant: str, steps: int, threads: int) -> dict:
+def measure(variant: str, steps: int, threads: str, precision: str, warmup: int) -> dict:
     import torch
     import torch.nn.functional as F
 
     from slava.data.chat import IGNORE_INDEX
+    from slava.hardware import choose_precision, use_threads
     from slava.model.mope import MoPEConfig, sample_rank, set_rank
     from slava.model.tokenizer import train_tokenizer
     from slava.model.vlm import SlavaModel
     from slava.train.recipe import load_recipe
 
-    torch.set_num_threads(threads)
+    n_threads = use_threads(threads if threads == "auto" else int(threads))
+    chosen = choose_precision(precision, "cpu")
     torch.manual_seed(0)
     cfg = load_recipe(ROOT / "recipes" / "tiny-cpu.yaml").model
     if variant == "lora":
@@ -53,11 +63,11 @@ def measure(variant: str, steps: int, threads: int) -> dict:
     mask = torch.ones_like(ids)
     pixels = torch.rand(batch, 1, model.image_size, model.image_size, generator=g)
     times = []
-    for step in range(steps + 2):
+    for step in range(steps + warmup):
         t0 = time.perf_counter()
         if model.adapted:
             set_rank(model, sample_rank(cfg.mope, g))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with chosen.autocast("cpu"):
             out = model(pixels, ids, mask)
         loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
         if model.adapted and cfg.mope.num_experts > 1:
@@ -65,11 +75,13 @@ def measure(variant: str, steps: int, threads: int) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step >= 2:  # the first steps allocate optimizer state and warm the kernels
+        if step >= warmup:  # the first steps allocate optimizer state and warm the kernels
             times.append(time.perf_counter() - t0)
     step_s = sorted(times)[len(times) // 2]
     return {
         "variant": variant,
+        "precision": chosen.name,
+        "threads": n_threads,
         "trainable_params": sum(p.numel() for p in params),
         "step_s": step_s,
         "tokens_per_s": batch * length / step_s,
@@ -77,21 +89,53 @@ def measure(variant: str, steps: int, threads: int) -> dict:
     }
 
 
+def _run(variant: str, steps: int, threads: str = "auto", precision: str = "auto", warmup: int = 2) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(steps), "--threads", threads,
+                           "--precision", precision, "--warmup", str(warmup)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _row(label: str, r: dict, ref: dict) -> str:
+    return (f"{label:10} {r['precision']:>5} {r['threads']:>7} {r['step_s']:>8.3f} {r['tokens_per_s']:>8.0f} "
+            f"{r['peak_rss_mb']:>8.0f} {r['tokens_per_s'] / ref['tokens_per_s']:>9.2f}")
+
+
 def main() -> None:
+    from slava.hardware import choose_precision, cpu_info, resolve_threads
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(measure(args.variant, args.steps, args.threads)))
+        print(json.dumps(measure(args.variant, args.steps, args.threads, args.precision, args.warmup)))
         return
-    results = {}
-    for variant in VARIANTS:
-        done = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu, auto = cpu_info(), choose_precision("auto", "cpu")
+    print(f"{cpu.model}, torch capability {cpu.capability}, {resolve_threads('auto')} cores; "
+          f"auto precision: {auto.name} ({auto.reason})")
+    header = f"{'':10} {'prec':>5} {'threads':>7} {'step s':>8} {'tok/s':>8} {'peak MB':>8} {'tok/s x':>9}"
+
+    fp32 = _run("mope", args.steps, precision="fp32")
+    emulated = not cpu.native_bf16
+    bf16 = _run("mope", 2 if emulated else args.steps, precision="bf16", warmup=1 if emulated else 2)
+    print("\n## precision (DyA-MoPEs, auto threads; x = vs fp32)\n" + header)
+    print(_row("fp32", fp32, fp32))
+    print(_row("bf16", bf16, fp32))
+    faster = "bf16" if bf16["tokens_per_s"] > fp32["tokens_per_s"] else "fp32"
+    print(f"auto picks {auto.name}; the faster here is {faster}: {'agrees' if faster == auto.name else 'DISAGREES'}")
+
+    one = _run("mope", args.steps, threads="1")
+    both = _run("mope", args.steps)
+    print("\n## threads (DyA-MoPEs, auto precision; x = vs 1 thread)\n" + header)
+    print(_row("1 thread", one, one))
+    print(_row("auto", both, one))
+
+    results = {variant: _run(variant, args.steps) for variant in VARIANTS}
     ref = results["lora"]
+    print("\n## adapters (auto precision and threads; x = vs one LoRA)")
     print(f"{'variant':8} {'trainable':>10} {'step s':>8} {'tok/s':>8} {'peak MB':>8} {'tok/s vs LoRA':>14} {'mem vs LoRA':>12}")
     for name, r in results.items():
         print(f"{name:8} {r['trainable_params']:>10,} {r['step_s']:>8.3f} {r['tokens_per_s']:>8.0f} {r['peak_rss_mb']:>8.0f} "

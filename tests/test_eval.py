@@ -73,6 +73,7 @@ def test_shifted_twin_without_shift_is_the_original_image(tiny, tmp_path):
 
 def test_baselines_learn_the_tiny_classes(tiny):
     from slava.eval.baselines import EfficientNetBaseline, TextureBaseline
+    from slava.hardware import choose_precision
     from slava.eval.metrics import topk_accuracy
     from slava.io import load_micrograph
 
@@ -84,6 +85,7 @@ def test_baselines_learn_the_tiny_classes(tiny):
     texture = TextureBaseline().fit(px(train), [it.label for it in train]).rank(px(test))
     assert topk_accuracy(truth, texture, 1) > 0.6
     net = EfficientNetBaseline(image_size=64, epochs=3).fit(px(train), [it.label for it in train])
+    assert net.precision == choose_precision("auto", "cpu")
     ranked = net.rank(px(test))
     assert all(sorted(r) == sorted(TINY_CLASSES) for r in ranked)
     assert net.train_s > 0
@@ -95,8 +97,9 @@ def test_small_end_to_end_eval_writes_report_and_metrics(tiny, tmp_path):
     run, images = tiny
     out = tmp_path / "report"
     m = evaluate(run, images, out, shots=[1], shifts=["noise"], baselines=["texture"], limit=6, text_limit=1,
-                 log=lambda *_: None)
+                 precision="fp32", threads=1, log=lambda *_: None)
     saved = json.loads((out / "metrics.json").read_text())
+    assert saved["precision"] == "fp32" and saved["threads"] == 1 and saved["precision_reason"].startswith("set explicitly")
     for key in ("classification", "few_shot", "text", "counting", "baselines", "robustness", "expert_load", "goals"):
         assert key in saved, key
     closed = m["classification"]["closed_set"]
@@ -109,6 +112,6 @@ def test_small_end_to_end_eval_writes_report_and_metrics(tiny, tmp_path):
     assert m["counting"]["particle_count"]["n"] + m["counting"]["particle_count"]["unanswered"] >= 1
     assert set(m["robustness"]["macro_f1"]) == {"clean", "noise"}
     html = (out / "report.html").read_text()
-    for section in ("Captions and VQA", "Classification", "Image ablation", "Robustness", "Expert load", "data:image/png;base64"):
+    for section in ("Precision <b>fp32</b> with 1 threads", "Captions and VQA", "Classification", "Image ablation", "Robustness", "Expert load", "data:image/png;base64"):
         assert section in html
     assert Path(out / "plots" / "confusion_student.png").is_file()

@@ -73,6 +73,11 @@ def test_run_dir_holds_model_metrics_and_summary(run):
     assert saved["global_steps"] == 6 and saved["peak_rss_mb"] > 0
     assert saved["labels"]["meta_classes"] == {"fibres": 12, "particles": 12, "porous_sponges": 6}
     assert saved["labels"]["class_names_in_answers"]["particles"] == 8
+    # tiny.yaml says `precision: auto` and `threads: 1`: the summary records what they resolved to here.
+    from slava.hardware import choose_precision
+
+    assert saved["precision"] == choose_precision("auto", "cpu").name and saved["threads"] == 1
+    assert saved["precision_reason"].startswith("auto: ") and saved["cpu_capability"]
     assert load_recipe(out / "recipe.yaml") == load_recipe(RECIPES / "tiny.yaml")
     model = SlavaModel.load(out)
     assert model.stage == "instruct"

@@ -17,7 +17,7 @@ TINY_CLASSES = ("particles", "fibres", "porous_sponges")
 
 TINY_RECIPE = {
     "seed": 0,
-    "bf16": False,
+    "precision": "fp32",
     "checkpoint_every": 1000,
     "keep_checkpoints": 1,
     "threads": 1,
@@ -60,8 +60,7 @@ def make_tiny_data(root: Path, n: int = 45, size: int = 64) -> tuple[Path, Path]
 
 def make_tiny_run(root: str | Path) -> Path:
     """Build (or reuse) the tiny run under ``root``; returns the run directory."""
-    from slava.config import from_dict
-    from slava.train.recipe import Recipe, validate_recipe
+    from slava.train.recipe import recipe_from_dict
     from slava.train.trainer import train
 
     root = Path(root)
@@ -71,8 +70,7 @@ def make_tiny_run(root: str | Path) -> Path:
         return run
     root.mkdir(parents=True, exist_ok=True)
     _, records = make_tiny_data(root)
-    recipe = from_dict(Recipe, json.loads(json.dumps(TINY_RECIPE)))
-    validate_recipe(recipe)
+    recipe = recipe_from_dict(json.loads(json.dumps(TINY_RECIPE)))
     if run.exists():
         import shutil
 

@@ -10,6 +10,7 @@ measurement toolkit, not by the model (``grounding``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -25,6 +26,7 @@ from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, user_turn
 from slava.errors import SlavaError
+from slava.hardware import choose_precision
 from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
@@ -106,17 +108,23 @@ def trained_labels(run_dir: str | Path) -> list[str]:
 class Assistant:
     """A trained student ready to answer; build it with ``Assistant.load(run_dir)``."""
 
-    def __init__(self, model, labels: Sequence[str] = (), device: str = "cpu", run_dir: str | None = None):
+    def __init__(self, model, labels: Sequence[str] = (), device: str = "cpu", run_dir: str | None = None,
+                 precision: str = "auto"):
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self.labels = list(labels)
         self.device = torch.device(device)
         self.run_dir = run_dir
+        self.precision = choose_precision(precision, self.device)
         self._prefix_cache: tuple | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None) -> "Assistant":
-        """Load a run directory (``slava train --out``); ``rank`` runs the experts at that rank (r_max when None)."""
+    def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
+             precision: str = "auto") -> "Assistant":
+        """Load a run directory (``slava train --out``); ``rank`` runs the experts at that rank (r_max when None).
+
+        ``precision`` is resolved by ``slava.hardware.choose_precision`` for the device.
+        """
         from slava.model.mope import set_rank
         from slava.model.vlm import SlavaModel
 
@@ -129,7 +137,13 @@ class Assistant:
             set_rank(model.lm, rank)
         except ValueError as exc:
             raise AssistantError(str(exc)) from exc
-        return cls(model, trained_labels(run_dir), device, str(run_dir))
+        return cls(model, trained_labels(run_dir), device, str(run_dir), precision)
+
+    @contextlib.contextmanager
+    def inference(self):
+        """No autograd, and autocast to the assistant's precision: every model call runs inside this."""
+        with torch.inference_mode(), self.precision.autocast(self.device.type):
+            yield
 
     # -- images -----------------------------------------------------------------
 
@@ -178,7 +192,7 @@ class Assistant:
         if kind is not None:
             return self._grounded(micrograph, kind, start)
         prompt = self._prompt(turns)
-        with torch.inference_mode():
+        with self.inference():
             out = self.model.generate(
                 self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy, top_p=top_p,
                 temperature=temperature,
@@ -198,7 +212,7 @@ class Assistant:
         """A detailed description of ``image`` (always from the model)."""
         start = time.perf_counter()
         micrograph = self.prepare(image)
-        with torch.inference_mode():
+        with self.inference():
             out = self.model.generate(
                 self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])], max_new_tokens=max_new_tokens,
                 strategy=strategy,
@@ -265,7 +279,7 @@ class Assistant:
         labels = list(labels)
         prompt = self._prompt([user_turn(classify_prompt(labels))])
         answers = [self.tokenizer.encode(f" {classify_answer(label)}") + [self.tokenizer.eos_id] for label in labels]
-        with torch.inference_mode():
+        with self.inference():
             embeds = self.model.encode_images(pixels.to(self.device))
             scores = self._score(embeds, prompt, answers)
         probs = F.softmax(scores, dim=-1)
@@ -328,7 +342,7 @@ class Assistant:
         return mean.view(b, n_labels)
 
     def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
-        with torch.inference_mode():
+        with self.inference():
             per_class = {label: self.model.image_embedding(self.pixels(ms)) for label, ms in support.items()}
             labels, protos, centre = prototypes(per_class)
             probs = prototype_probs(self.model.image_embedding(self.pixels([micrograph])), protos, centre)[0]
@@ -355,7 +369,7 @@ class Assistant:
                     "use mode='prototype'"
                 )
             order = order[: len(order) - 1]
-        with torch.inference_mode():
+        with self.inference():
             embeds = self.model.encode_images(self.pixels([m for _, m in order] + [micrograph]))
             embeds = embeds.reshape(1, -1, embeds.shape[-1])
             probs = F.softmax(self._score(embeds, prompt, answers)[0], dim=-1)

@@ -58,6 +58,8 @@ class ScreenSummary:
     out: str
     html: str | None
     labels: list[str]
+    precision: str
+    """The compute precision the model ran in (``slava.hardware``)."""
 
     @property
     def images_per_s(self) -> float:
@@ -154,7 +156,7 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
             r["top3"] = json.dumps([[lab, round(p, 6)] for lab, p in res.ranked[:3]])
         if caption and results:
             prompt = assistant._prompt([_caption_turn()])
-            with torch.inference_mode():
+            with assistant.inference():
                 out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good), max_new_tokens=96)
             for r, ids in zip(good, out):
                 r["caption"] = assistant.tokenizer.decode(ids).strip()
@@ -257,7 +259,7 @@ _RAY_ASSISTANT: dict = {}
 
 
 def _ray_shard(run_dir: str, root: str, rels: list[str], labels: list[str], caption: bool, with_measure: bool,
-               batch_size: int) -> list[dict]:
+               batch_size: int, precision: str) -> list[dict]:
     """Screen one shard inside a Ray worker; the assistant is loaded once per worker process."""
     import torch
 
@@ -265,7 +267,7 @@ def _ray_shard(run_dir: str, root: str, rels: list[str], labels: list[str], capt
     if run_dir not in _RAY_ASSISTANT:
         from slava.assistant.assistant import Assistant
 
-        _RAY_ASSISTANT[run_dir] = Assistant.load(run_dir, device="cpu")
+        _RAY_ASSISTANT[run_dir] = Assistant.load(run_dir, device="cpu", precision=precision)
     assistant = _RAY_ASSISTANT[run_dir]
     jobs = [(root, rel, assistant.model.image_size, with_measure) for rel in rels]
     rows = []
@@ -275,7 +277,7 @@ def _ray_shard(run_dir: str, root: str, rels: list[str], labels: list[str], capt
 
 
 def _ray_rows(address: str, run_dir: str, root: Path, pending: list[str], labels, caption, with_measure, batch_size,
-              workers: int) -> Iterator[list[dict]]:
+              workers: int, precision: str) -> Iterator[list[dict]]:
     import ray
 
     if not ray.is_initialized():
@@ -285,7 +287,8 @@ def _ray_rows(address: str, run_dir: str, root: Path, pending: list[str], labels
             ray.init(address=address, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_ray_shard)
     shard = max(batch_size, 1) * 2
-    refs = [task.remote(run_dir, str(root), pending[i : i + shard], list(labels), caption, with_measure, batch_size)
+    refs = [task.remote(run_dir, str(root), pending[i : i + shard], list(labels), caption, with_measure, batch_size,
+                        precision)
             for i in range(0, len(pending), shard)]
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
@@ -308,6 +311,7 @@ def screen(
     with_measure: bool = True,
     progress: bool = True,
     html: bool = True,
+    precision: str = "auto",
 ) -> ScreenSummary:
     """Screen every image under ``folder`` into ``out`` (.csv or .parquet) and ``<out>.html``.
 
@@ -315,9 +319,10 @@ def screen(
     ``out`` (or its journal) are skipped, so a rerun resumes. ``max_images``
     stops after that many new images (the table is then left unfinished, as
     after a kill). ``ray_address`` ("local" or a cluster address) fans the
-    shards out over Ray.
+    shards out over Ray. ``precision`` is resolved per device by ``slava.hardware``.
     """
     from slava.assistant.assistant import Assistant
+    from slava.hardware import choose_precision
 
     start = time.perf_counter()
     root, out = Path(folder).expanduser().resolve(), Path(out)
@@ -335,7 +340,8 @@ def screen(
         pending = pending[:max_images]
     assistant = None
     if ray_address is None or not labels:
-        assistant = Assistant.load(run_dir)
+        assistant = Assistant.load(run_dir, precision=precision)
+    chosen = assistant.precision if assistant is not None else choose_precision(precision, "cpu")
     labels = list(labels) if labels else assistant.labels
     if len(labels) < 2:
         raise ScreenError("screening needs at least two labels: pass --labels a,b,c (the run lists none)")
@@ -349,7 +355,8 @@ def screen(
     written = 0
     try:
         if ray_address:
-            chunks = _ray_rows(ray_address, str(run_dir), root, pending, labels, caption, with_measure, batch_size, workers)
+            chunks = _ray_rows(ray_address, str(run_dir), root, pending, labels, caption, with_measure, batch_size, workers,
+                               precision)
         else:
             jobs = [(str(root), rel, assistant.model.image_size, with_measure) for rel in pending]
             chunks = (finish_rows(assistant, b, labels, caption) for b in _batches(_decoded(jobs, workers), batch_size))
@@ -373,4 +380,5 @@ def screen(
             html_path = str(write_summary(frame, root, out, labels))
     else:
         errors = sum(1 for r in _existing_rows(out) if r.get("error"))
-    return ScreenSummary(len(files), written, len(done), errors, time.perf_counter() - start, str(out), html_path, labels)
+    return ScreenSummary(len(files), written, len(done), errors, time.perf_counter() - start, str(out), html_path, labels,
+                         chosen.name)

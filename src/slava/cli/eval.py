@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slava.hardware import PRECISIONS
+
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -11,6 +13,10 @@ def _csv(text: str) -> list[str]:
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in _csv(text) if int(part) > 0]
+
+
+def _threads(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def register(subparsers) -> None:
@@ -40,6 +46,9 @@ def register(subparsers) -> None:
                    help="train each ablation variant of RECIPE on --data (records) and score it")
     p.add_argument("--ablation-steps", type=int, default=40, help="optimizer steps per stage for each ablation variant")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="compute precision of the student and the network baseline (default auto: bf16 only where native)")
+    p.add_argument("--threads", type=_threads, default="auto", help="torch CPU threads (default auto: this process's cores)")
     p.set_defaults(func=run)
 
 
@@ -57,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.run or default_run(), args.data, args.out, tasks=args.tasks, shots=args.shots, shifts=args.shifts,
         baselines=args.baselines, limit=args.limit, text_limit=args.text_limit, zero_shot=args.zero_shot,
-        neu=args.neu, seed=args.seed,
+        neu=args.neu, seed=args.seed, precision=args.precision, threads=args.threads,
     )
     for goal in metrics["goals"]:
         print(f"{goal['goal']}: {goal['value']:.3f} (target {goal['target']}: {'met' if goal['met'] else 'MISSED'})")
+    print(f"ran in {metrics['precision']} with {metrics['threads']} threads ({metrics['precision_reason']})")
     print(f"report: {args.out}/report.html  metrics: {args.out}/metrics.json  ({metrics['elapsed_s']:.0f} s)")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slava.hardware import PRECISIONS
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -22,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-measure", action="store_true", help="skip the measurements (several times faster)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run shards on a Ray cluster ('local' starts one here)")
     p.add_argument("--max-images", type=int, default=None, help="stop after N new images (resume later)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="compute precision (default auto: bf16 only where the hardware runs it natively)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -36,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     s = screen(args.folder, args.run or default_run(), args.out, labels=labels, workers=args.workers, caption=args.caption,
                ray_address=args.ray, batch_size=args.batch_size, max_images=args.max_images,
-               with_measure=not args.no_measure, progress=not args.no_progress)
+               with_measure=not args.no_measure, progress=not args.no_progress, precision=args.precision)
     summary = {"total": s.total, "processed": s.processed, "skipped": s.skipped, "errors": s.errors,
                "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_s, 1), "out": s.out, "html": s.html,
-               "labels": s.labels}
+               "labels": s.labels, "precision": s.precision}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -47,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{s.processed} screened, {s.skipped} already done, {s.errors} unreadable of {s.total} images "
               f"({s.images_per_s:.1f} img/s); {done}")
         print(f"  table: {s.out}" + (f"\n  summary: {s.html}" if s.html else ""))
-        print(f"  labels: {', '.join(s.labels)}")
+        print(f"  labels: {', '.join(s.labels)}  precision: {s.precision}")
     return 0

@@ -7,6 +7,7 @@ import ipaddress
 import os
 
 from slava.errors import SlavaError
+from slava.hardware import PRECISIONS
 
 KEY_ENV = "SLAVA_API_KEY"
 
@@ -29,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="most requests the model runs as one batch (default 8)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--rank", type=int, default=None, help="DyA-MoPE inference rank (default: the trained r_max)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="compute precision (default auto: bf16 only where the hardware runs it natively)")
     p.set_defaults(func=run)
 
 
@@ -63,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from slava.assistant import Assistant, default_run
+    from slava.hardware import use_threads
     from slava.serve import create_app
 
     run_dir = Path(args.run or default_run())
-    assistant = Assistant.load(run_dir, device=args.device, rank=args.rank)
+    threads = use_threads("auto")
+    assistant = Assistant.load(run_dir, device=args.device, rank=args.rank, precision=args.precision)
     app = create_app(
         assistant,
         api_key=api_key,
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         labels=assistant.labels,
     )
     auth = "bearer key required" if api_key else "NO authentication (--insecure-local)"
-    print(f"serving {run_dir} on http://{args.host}:{args.port}/ ({auth})", flush=True)
+    print(f"serving {run_dir} on http://{args.host}:{args.port}/ ({auth}); {assistant.precision.name}, "
+          f"{threads} threads: {assistant.precision.reason}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

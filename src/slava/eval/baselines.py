@@ -87,14 +87,21 @@ class TextureBaseline:
 
 
 class EfficientNetBaseline:
-    """EfficientNet-Lite0 (ImageNet weights) + linear head, top blocks fine-tuned on the labels under bf16 autocast."""
+    """EfficientNet-Lite0 (ImageNet weights) + linear head, top blocks fine-tuned on the labels.
+
+    Runs under the same ``precision`` rule as the student (``slava.hardware``):
+    bf16 autocast where it is native, fp32 elsewhere.
+    """
 
     name = "efficientnet_lite0"
 
     def __init__(self, image_size: int = 128, tune_blocks: int = 2, epochs: int = 15, batch_size: int = 32,
-                 lr: float = 1e-3, seed: int = 0):
+                 lr: float = 1e-3, seed: int = 0, precision: str = "auto"):
+        from slava.hardware import choose_precision
+
         self.image_size, self.tune_blocks, self.epochs = image_size, tune_blocks, epochs
         self.batch_size, self.lr, self.seed = batch_size, lr, seed
+        self.precision = choose_precision(precision, "cpu")
         self.train_s: float | None = None
 
     def _build(self) -> None:
@@ -130,7 +137,7 @@ class EfficientNetBaseline:
 
         net = self.tower.net
         out = []
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), self.precision.autocast("cpu"):
             for i in range(0, len(images), self.batch_size):
                 x = self.tower.preprocess(self._pixels(images[i : i + self.batch_size]))
                 x = net._swish(net._bn0(net._conv_stem(x)))
@@ -166,7 +173,7 @@ class EfficientNetBaseline:
             order = torch.randperm(len(images), generator=gen)
             for i in range(0, len(images), self.batch_size):
                 idx = order[i : i + self.batch_size]
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with self.precision.autocast("cpu"):
                     loss = F.cross_entropy(self._top(feats[idx]), target[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -179,10 +186,17 @@ class EfficientNetBaseline:
         """Labels of each image ordered by predicted probability, best first."""
         import torch
 
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), self.precision.autocast("cpu"):
             logits = self._top(self._trunk(images)).float()
         return [[self.classes[j] for j in row] for row in torch.argsort(logits, dim=1, descending=True).tolist()]
 
 
 BASELINES = {"texture": TextureBaseline, "efficientnet": EfficientNetBaseline}
 """The cheap baselines by the name ``slava eval --baselines`` takes."""
+
+
+def make_baseline(name: str, seed: int = 0, precision: str = "auto"):
+    """The baseline ``name``, seeded; the network baseline computes in ``precision`` (the texture one is numpy)."""
+    if name == "efficientnet":
+        return EfficientNetBaseline(seed=seed, precision=precision)
+    return BASELINES[name](seed=seed)

@@ -150,7 +150,10 @@ def write_report(metrics: dict, out: Path) -> Path:
     plots.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>sLAVA evaluation</h1><p>run <code>{html.escape(metrics['run'])}</code>, data "
              f"<code>{html.escape(metrics['data'])}</code>, {html.escape(metrics['date'])}, "
-             f"{metrics['elapsed_s']:.0f} s on {html.escape(metrics['machine'])}.</p>"]
+             f"{metrics['elapsed_s']:.0f} s on {html.escape(metrics['machine'])} "
+             f"({html.escape(metrics.get('cpu', ''))}, torch capability {html.escape(metrics.get('cpu_capability', ''))}).</p>"
+             f"<p>Precision <b>{html.escape(metrics.get('precision', ''))}</b> with {metrics.get('threads')} threads: "
+             f"{html.escape(metrics.get('precision_reason', ''))}.</p>"]
     goals = metrics.get("goals") or []
     if goals:
         parts.append("<h2>Goals</h2>" + _table(goals, ["goal", "value", "target", "met"]))

@@ -82,6 +82,8 @@ def evaluate(
     zero_shot: Sequence[str] | None = None,
     neu: str | Path | None = None,
     seed: int = 0,
+    precision: str = "auto",
+    threads: int | str = "auto",
     log=print,
 ) -> dict:
     """Evaluate ``run`` on ``data`` and write ``metrics.json`` and ``report.html`` into ``out``; returns the metrics.
@@ -89,9 +91,11 @@ def evaluate(
     ``zero_shot`` names held-out classes to classify zero-shot (refused with
     ``LeakageError`` if the run's data named any); by default the data's
     classes the run never saw are used, and any of them found in the run's
-    answers is left out with a note.
+    answers is left out with a note. ``precision`` and ``threads`` follow
+    ``slava.hardware`` (auto: bf16 only where native; the cores this process may use).
     """
     from slava.assistant import Assistant, trained_labels
+    from slava.hardware import describe_run, use_threads
     from slava.model.mope import expert_usage, reset_expert_usage
     from slava.synth import SHIFTS
 
@@ -104,7 +108,8 @@ def evaluate(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    assistant = Assistant.load(run)
+    n_threads = use_threads(threads)
+    assistant = Assistant.load(run, precision=precision)
     ds = load_eval_data(data)
     test = T.stratified(ds.split("test"), limit)
     trained = set(trained_labels(run))
@@ -115,7 +120,7 @@ def evaluate(
         T.refuse_leaks(run, zero_shot)
     m: dict = {
         "run": str(run), "data": str(data), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": _machine(), "synthetic": ds.synth is not None, "limit": limit, "splits": {"eval": "test", "support_and_baselines": "train"},
+        "machine": _machine(), **describe_run(assistant.precision, n_threads), "synthetic": ds.synth is not None, "limit": limit, "splits": {"eval": "test", "support_and_baselines": "train"},
         "labels": {"eval": ds.labels, "seen_in_training": seen, "unseen": unseen}, "timings_s": {},
     }
 
@@ -164,14 +169,14 @@ def evaluate(
         train_px = _pixels(train_items)
         test_px = _pixels(closed_items)
         m["baselines"] = {}
-        from slava.eval.baselines import BASELINES
+        from slava.eval.baselines import BASELINES, make_baseline
 
         for name in baselines:
             if name not in BASELINES:
                 raise SlavaError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
 
             def fit_and_score(name=name):
-                model = BASELINES[name](seed=seed).fit(train_px, [it.label for it in train_items])
+                model = make_baseline(name, seed, precision).fit(train_px, [it.label for it in train_items])
                 ranked = model.rank(test_px)
                 return model, {"train_s": model.train_s,
                                "clean": M.classification_scores([it.label for it in closed_items], ranked, seen)}

@@ -174,7 +174,7 @@ def _embeddings(assistant, images: Sequence[str]):
     import torch
 
     out = []
-    with torch.inference_mode():
+    with assistant.inference():
         for i in range(0, len(images), BATCH):
             mg = [assistant.prepare(p) for p in images[i : i + BATCH]]
             out.append(assistant.model.image_embedding(assistant.pixels(mg)).float())

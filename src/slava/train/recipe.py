@@ -15,10 +15,14 @@ from typing import Any, Literal
 import yaml
 
 from slava.config import ConfigError, from_dict, to_dict
+from slava.hardware import PrecisionSetting, ThreadSetting
 from slava.model.config import ModelConfig
 from slava.train.augment import AugmentConfig
 
 STAGES = ("base", "align", "instruct")
+
+RENAMED = {"bf16": "precision: auto | fp32 | bf16 | fp16"}
+"""Recipe keys that were replaced, and what replaced them."""
 
 
 @dataclass
@@ -70,8 +74,10 @@ class Recipe:
     """Stages run in order."""
     seed: int = 0
     """Seeds model init, data order and rank sampling."""
-    bf16: bool = True
-    """bf16 autocast (CPU and CUDA); weights and optimizer state stay fp32."""
+    precision: PrecisionSetting = "auto"
+    """Compute precision: `auto` (bf16 where the hardware runs it natively, else
+    fp32; see `slava.hardware`), or `fp32`, `bf16`, `fp16` forced. Autocast
+    only: weights and optimizer state stay fp32."""
     checkpoint_every: int = 100
     """Optimizer steps between checkpoints (one is also written at each stage end)."""
     keep_checkpoints: int = 2
@@ -84,12 +90,13 @@ class Recipe:
     """Keep decoded, resized images in memory (decoded once); off = decode on every use."""
     cache_features: bool = True
     """While the vision tower is frozen, encode each image once and train on the
-    stored tower output (bf16 under `bf16`: 80 KB per image for EfficientNet-Lite0
+    stored tower output (bf16 under bf16 precision: 80 KB per image for EfficientNet-Lite0
     at 160 px); off = run the tower on every step."""
     val_fraction: float = 0.05
     """Held-out fraction (by image hash) when no record has `meta.split == "val"`."""
-    threads: int | None = None
-    """torch CPU threads per process; None = torch's default."""
+    threads: ThreadSetting = "auto"
+    """torch CPU threads per process; `auto` = the cores this process may use
+    (its affinity mask), shared among the processes torchrun starts on the node."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Degraded copies of the training images (noise, defocus, contrast, charging, scale); see `slava.train.augment`."""
 
@@ -126,10 +133,18 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     for key, value in (overrides or {}).items():
         _set_path(data, key, value)
     try:
-        recipe = from_dict(Recipe, data)
-        validate_recipe(recipe)
+        return recipe_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """A checked ``Recipe`` from a plain dict; a replaced key is refused with its successor named."""
+    for old, new in RENAMED.items():
+        if old in data:
+            raise ConfigError(f"{old}: this key was replaced; use `{new}` (auto picks bf16 only where it is native)")
+    recipe = from_dict(Recipe, data)
+    validate_recipe(recipe)
     return recipe
 
 
@@ -158,6 +173,8 @@ def validate_recipe(recipe: Recipe) -> None:
         raise ConfigError("augment.variants: must be at least 1 (the clean image)")
     if not 0 <= recipe.augment.probability <= 1:
         raise ConfigError("augment.probability: must be in [0, 1]")
+    if recipe.threads != "auto" and recipe.threads < 1:
+        raise ConfigError("threads: must be at least 1 (or auto)")
     if recipe.checkpoint_every < 1 or recipe.keep_checkpoints < 1:
         raise ConfigError("checkpoint_every and keep_checkpoints must be at least 1")
 

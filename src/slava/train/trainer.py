@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import resource
 import time
@@ -34,6 +35,7 @@ from slava.config import ConfigError, to_dict
 from slava.data.chat import IGNORE_INDEX, render_text
 from slava.data.records import read_records
 from slava.errors import SlavaError
+from slava.hardware import choose_precision, describe_run, use_threads
 from slava.train import distributed as D
 from slava.train.augment import choose_variants, degrade, variant_seed
 from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic, write_text_atomic
@@ -91,6 +93,11 @@ class Trainer:
         self.stage_summaries: dict[str, dict] = {}
         self.started = time.time()
         self.features: dict[tuple[str, int], torch.Tensor] = {}
+        self.precision = choose_precision(recipe.precision, info.device)
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.threads = use_threads(recipe.threads, processes) if info.device.type == "cpu" else torch.get_num_threads()
+        if info.is_main:
+            log.info("precision %s (%s); %d threads", self.precision.name, self.precision.reason, self.threads)
 
     # -- setup -------------------------------------------------------------------
 
@@ -227,7 +234,7 @@ class Trainer:
         self._prepare(model, index)
         model.train()
         text_only = not self._uses_images(index)
-        autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=recipe.bf16)
+        autocast = self.precision.autocast(info.device.type)
         common = dict(
             root=self.root, tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
             max_len=recipe.max_len, images=self.images, text_only=text_only, tasks=stage.tasks,
@@ -475,6 +482,7 @@ class Trainer:
             },
             "stages": self.stage_summaries,
             **_peak_memory_mb(self.info.device),
+            **describe_run(self.precision, self.threads),
             "labels": label_vocabulary(self.train_records),
         }
         if self.info.is_main:
@@ -496,8 +504,6 @@ def train(
     ``torchrun`` every process calls this; the main one writes the files.
     """
     info = D.init_distributed()
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
     try:
         return Trainer(recipe, Path(data), Path(out), info, max_steps, progress).run(resume)
     finally:
