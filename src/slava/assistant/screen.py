@@ -142,6 +142,8 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
     """Classify (and caption) the decoded images of one batch; return complete rows."""
     import torch
 
+    from slava.model.generate import GenerationConfig
+
     good = [r for r in batch if "pixels" in r]
     if good:
         pixels = torch.from_numpy(np.stack([r.pop("pixels") for r in good]))
