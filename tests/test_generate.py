@@ -92,10 +92,13 @@ def test_score_continuations_prefers_the_trained_answer(trained):
     model, tok, pixels, prompt = trained
     right, wrong = tok.encode(" " + ANSWER), tok.encode(" Porous film.")
     model.train()
+    model.projector.eval()
     with torch.no_grad():
         embeds = model.encode_images(pixels)
     scores = model.score_continuations(embeds, prompt, [right, wrong, right[:2]])[0]
-    assert model.training  # scoring runs in eval mode but gives the caller's mode back
+    # Scoring runs in eval mode but gives every module the caller's mode back.
+    assert model.training and model.lm.training and not model.projector.training
+    model.eval()
     assert scores[0] > scores[1]
     # Right padding in the batch must not change a row's score.
     alone = model.score_continuations(embeds, prompt, [right[:2]])[0]

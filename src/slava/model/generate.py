@@ -49,13 +49,17 @@ class GenerationConfig:
 
 @contextlib.contextmanager
 def evaluating(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode inside the block, giving the caller's mode back after."""
-    was_training = module.training
-    module.eval()
+    """Run ``module`` in eval mode inside the block; every submodule gets its own mode back after."""
+    # Flags, not `train()`/`eval()`: those recurse through every module's method (3.7 ms per pair on the
+    # tiny model, whose EfficientNet tower has many modules: about one decoding step) and set one mode for all.
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
     try:
         yield
     finally:
-        module.train(was_training)
+        for m in training:
+            m.training = True
 
 
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
