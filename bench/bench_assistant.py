@@ -44,8 +44,8 @@ def student_run(run: str | None, tmp: Path) -> Path:
     model.prepare_stage("instruct")
     out = tmp / "untrained"
     model.save(out)
-    (out / "train_records.json").write_text('{"meta_classes": {"particles": 1, "fibres": 1, "porous_sponges": 1, '
-                                            '"powders": 1, "nanowires": 1}}')
+    (out / "train_summary.json").write_text('{"labels": {"meta_classes": {"particles": 1, "fibres": 1, '
+                                            '"porous_sponges": 1, "powders": 1, "nanowires": 1}}}')
     return out
 
 

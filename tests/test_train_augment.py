@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from slava.train.augment import AugmentConfig, choose_variants, degrade, variant_seed
-from slava.train.dataset import to_model_pixels
+from slava.model.pixels import to_model_pixels
 
-from test_train_fixtures import RECIPES, cli, draw, steps, tiny_data  # noqa: F401  (fixture)
+from test_train_fixtures import RECIPES, cli, draw, steps
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_feature_cache_trains_on_the_same_copies_as_the_tower(tmp_path, tiny_dat
     for cache in ("true", "false"):
         out = tmp_path / cache
         subprocess.run(cli("train", "--recipe", str(RECIPES / "tiny.yaml"), "--data", str(tiny_data), "--out", str(out),
-                           "--set", "bf16=false", "--set", "augment.enabled=true", "--set", "augment.probability=0.8",
+                           "--set", "precision=fp32", "--set", "augment.enabled=true", "--set", "augment.probability=0.8",
                            "--set", f"cache_features={cache}", "--max-steps", "3", "--no-progress"),
                        env=env, check=True, capture_output=True)
         runs[cache] = steps(out / "metrics.jsonl")

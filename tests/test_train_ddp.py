@@ -7,13 +7,13 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from test_train_fixtures import RECIPES, cli, steps, tiny_data  # noqa: F401  (fixture)
+from test_train_fixtures import RECIPES, cli, steps
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # fp32 and no router losses: the balance loss is taken per process (as in
 # Switch/GShard), so with it the two runs differ by design, not by rounding.
 # Augmentation on: every process must pick and render the same degraded copies.
-SETTINGS = ["--set", "bf16=false", "--set", "model.mope.balance_weight=0", "--set", "model.mope.z_weight=0",
+SETTINGS = ["--set", "precision=fp32", "--set", "model.mope.balance_weight=0", "--set", "model.mope.z_weight=0",
             "--set", "augment.enabled=true", "--max-steps", "3", "--no-progress"]
 
 

@@ -11,7 +11,6 @@ measurement toolkit, not by the model (``grounding``).
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from slava.assistant.fewshot import SupportError, load_support, prototype_probs,
 from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, user_turn
+from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
 from slava.hardware import choose_precision
 from slava.io import Micrograph
@@ -90,16 +90,7 @@ def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: floa
 
 def trained_labels(run_dir: str | Path) -> list[str]:
     """Class labels a run was trained on (``meta.class`` values of its records), sorted; [] if unknown."""
-    run_dir = Path(run_dir)
-    for name in ("train_summary.json", "train_records.json"):
-        path = run_dir / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            data = data.get("labels", data)
-            classes = data.get("meta_classes") or {}
-            if classes:
-                return sorted(classes)
-    return []
+    return sorted((read_run_labels(run_dir) or {}).get("meta_classes") or {})
 
 
 class Assistant:
@@ -117,7 +108,7 @@ class Assistant:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
              precision: str = "auto") -> "Assistant":
-        """Load a run directory (``slava train --out``); ``rank`` runs the experts at that rank (r_max when None).
+        """Load a run directory (the ``--out`` of a training run); ``rank`` runs the experts at that rank (r_max when None).
 
         ``precision`` is resolved by ``slava.hardware.choose_precision`` for the device.
         """
@@ -126,7 +117,7 @@ class Assistant:
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
-            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one with `slava train` or pass --run")
+            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one first with the `train` command, or pass --run")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = SlavaModel.load(run_dir).to(device)
         try:

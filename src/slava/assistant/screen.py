@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from slava.data.atomic import write_atomic
 from slava.errors import SlavaError
 from slava.io import IMAGE_EXTENSIONS
 
@@ -105,7 +106,7 @@ def decode_one(job: tuple[str, str, int, bool]) -> dict:
         data = (Path(root) / rel).read_bytes()
         row["sha256"] = hashlib.sha256(data).hexdigest()
         from slava.io import load_micrograph_bytes
-        from slava.train.dataset import to_model_pixels
+        from slava.model.pixels import to_model_pixels
 
         micrograph = load_micrograph_bytes(data, name=rel)
         row["pixels"] = to_model_pixels(micrograph.pixels, size).numpy()
@@ -242,14 +243,10 @@ def _finalise(out: Path, rows: list[dict]) -> "object":
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     for col in ("sha256", "label", "top3", "unit", "caption", "error"):
         frame[col] = frame[col].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else str(v))
-    tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
+        write_atomic(out, lambda tmp: frame.to_csv(tmp, index=False))
     else:
-        frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+        write_atomic(out, lambda tmp: frame.to_parquet(tmp, index=False))
     journal = _journal_path(out)
     if journal != out and journal.exists():
         journal.unlink()
