@@ -32,11 +32,11 @@ VARIANTS = ("mope", "lora", "full")
 
 def measure(variant: str, steps: int, threads: str, precision: str, warmup: int) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from slava.data.chat import IGNORE_INDEX
     from slava.hardware import choose_precision, use_threads
-    from slava.model.mope import MoPEConfig, sample_rank, set_rank
+    from slava.model.loss import token_cross_entropy
+    from slava.model.mope import MoPEConfig
     from slava.model.tokenizer import train_tokenizer
     from slava.model.vlm import SlavaModel
     from slava.train.recipe import load_recipe
@@ -66,10 +66,10 @@ def measure(variant: str, steps: int, threads: str, precision: str, warmup: int)
     for step in range(steps + warmup):
         t0 = time.perf_counter()
         if model.adapted:
-            set_rank(model, sample_rank(cfg.mope, g))
+            model.set_rank(model.sample_rank(g))
         with chosen.autocast("cpu"):
             out = model(pixels, ids, mask)
-        loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+        loss = token_cross_entropy(out.logits, labels)
         if model.adapted and cfg.mope.num_experts > 1:
             loss = loss + cfg.mope.balance_weight * out.balance_loss + cfg.mope.z_weight * out.z_loss
         loss.backward()

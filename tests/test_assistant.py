@@ -19,23 +19,19 @@ from slava.data.chat import user_turn
 from slava.measure import measure
 from slava.teacher.prompts import MEASURE_QUESTIONS, classify_answer, classify_prompt
 
-from tiny_run import TINY_CLASSES, tiny_images, tiny_run_dir
+from reference_scoring import plain_scores
+from tiny_run import TINY_CLASSES, tiny_images
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def assistant(run):
+def assistant(tiny_run):
     torch.set_num_threads(1)
-    return Assistant.load(run, device="cpu")
+    return Assistant.load(tiny_run, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def images(run):
-    return tiny_images(run)
+def images(tiny_run):
+    return tiny_images(tiny_run)
 
 
 def slava(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -52,9 +48,20 @@ def test_ask_stops_at_end_of_sequence(assistant, images):
     assert 0 < answer.tokens < 40 and answer.finish_reason == "stop"
 
 
-def test_caption_is_generated_text(assistant, images):
+def test_caption_is_generated_text(assistant, images, tiny_run):
+    """The caption is the model's greedy text in the teacher's vocabulary: words of the training captions appear."""
+    import re
+
+    from slava.data.records import read_records
+
+    records, _ = read_records(tiny_run.parent / "records.jsonl")
+    taught = {w.lower() for r in records if r["task"] == "caption"
+              for w in re.findall(r"[A-Za-z]{4,}", r["conversations"][1]["value"])}
     answer = assistant.caption(images["particles"][0], max_new_tokens=24)
-    assert answer.source == "model" and answer.text and 0 < answer.tokens <= 24
+    assert answer.source == "model" and 0 < answer.tokens <= 24
+    words = {w.lower() for w in re.findall(r"[A-Za-z]{4,}", answer.text)}
+    assert words & taught, answer.text
+    assert assistant.caption(images["particles"][0], max_new_tokens=24).text == answer.text  # greedy: deterministic
 
 
 def test_zero_shot_probabilities_are_the_models_label_scores(assistant, images):
@@ -63,11 +70,13 @@ def test_zero_shot_probabilities_are_the_models_label_scores(assistant, images):
     probs = [p for _, p in result.ranked]
     assert result.mode == "zero_shot" and sorted(label for label, _ in result.ranked) == assistant.labels
     assert sum(probs) == pytest.approx(1.0, abs=1e-5) and probs == sorted(probs, reverse=True)
-    # The cached, batched scoring must equal the model's own one-image scoring.
+    # The cached, batched scoring must equal a plain full-sequence forward's.
     tok, model = assistant.tokenizer, assistant.model
     prompt = assistant._prompt([user_turn(classify_prompt(assistant.labels))])
     answers = [tok.encode(f" {classify_answer(label)}") + [tok.eos_id] for label in assistant.labels]
-    reference = torch.softmax(torch.tensor(model.score_continuations(assistant.pixels([assistant.prepare(image)]), prompt, answers)), 0)
+    with torch.no_grad():
+        embeds = model.encode_images(assistant.pixels([assistant.prepare(image)]))
+    reference = torch.softmax(plain_scores(model, embeds, prompt, answers)[0], 0)
     assert dict(result.ranked) == pytest.approx(dict(zip(assistant.labels, reference.tolist())), abs=1e-5)
 
 
@@ -100,7 +109,7 @@ def test_prototype_few_shot_recognises_its_own_support_images(assistant, images)
             assert sum(p for _, p in result.ranked) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_in_context_few_shot_puts_support_images_in_the_prompt(assistant, images, run):
+def test_in_context_few_shot_puts_support_images_in_the_prompt(assistant, images, tiny_run):
     support = {c: images[c][:1] for c in TINY_CLASSES}
     query = images["fibres"][5]
     in_context = assistant.classify(query, support=support, mode="in_context")
@@ -109,7 +118,7 @@ def test_in_context_few_shot_puts_support_images_in_the_prompt(assistant, images
     assert sum(p for _, p in in_context.ranked) == pytest.approx(1.0, abs=1e-5)
     # The support turns change the model's view: the probabilities move.
     assert dict(in_context.ranked) != pytest.approx(dict(zero.ranked), abs=1e-4)
-    folder = assistant.classify(query, support=run.parent / "images", shots=1, mode="in_context")
+    folder = assistant.classify(query, support=tiny_run.parent / "images", shots=1, mode="in_context")
     assert dict(folder.ranked) == pytest.approx(dict(in_context.ranked), abs=1e-5)
     with pytest.raises(AssistantError):
         assistant.classify(query, support=support, mode="nearest")
@@ -162,8 +171,8 @@ def test_every_measure_question_is_grounded_or_left_to_the_model():
             assert grounded_kind(q) in (kind, None)
 
 
-def test_ask_command_prints_json(run, images):
-    done = slava("ask", str(images["particles"][0]), "How many particles are visible?", "--run", str(run), "--json")
+def test_ask_command_prints_json(tiny_run, images):
+    done = slava("ask", str(images["particles"][0]), "How many particles are visible?", "--run", str(tiny_run), "--json")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["source"] == "measurement" and "particle_count" in answer["numbers"]
@@ -174,20 +183,20 @@ def cli_json(capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_commands_print_json(run, images, capsys):
+def test_commands_print_json(tiny_run, images, capsys):
     image = str(images["particles"][0])
-    cap = cli_json(capsys, "caption", image, "--run", str(run), "--max-new-tokens", "8")
+    cap = cli_json(capsys, "caption", image, "--run", str(tiny_run), "--max-new-tokens", "8")
     assert cap["text"] and cap["tokens"] <= 8
-    cls = cli_json(capsys, "classify", image, "--run", str(run))
+    cls = cli_json(capsys, "classify", image, "--run", str(tiny_run))
     assert cls["ranked"][0]["label"] == cls["label"] and len(cls["ranked"]) == 3
-    few = cli_json(capsys, "classify", image, "--run", str(run), "--support", str(run.parent / "images"), "--shots", "2")
+    few = cli_json(capsys, "classify", image, "--run", str(tiny_run), "--support", str(tiny_run.parent / "images"), "--shots", "2")
     assert few["mode"] == "prototype"
     meas = cli_json(capsys, "measure", image, "--pixel-size", "2")
     assert meas["unit"] == "nm" and meas["pixel_size_nm"] == 2.0
 
 
-def test_human_output_and_errors(run, images, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SLAVA_RUN", str(run))
+def test_human_output_and_errors(tiny_run, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLAVA_RUN", str(tiny_run))
     assert main(["classify", str(images["fibres"][0])]) == 0
     out = capsys.readouterr().out
     assert "zero-shot" in out and "%" in out

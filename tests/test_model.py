@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from slava.data.chat import encode, user_turn
-from slava.model.config import LMConfig, ModelConfig, MoPEConfig, ProjectorConfig, QuantConfig, VisionConfig
+from slava.model.config import LMConfig, ModelConfig, MoPEConfig, QuantConfig, VisionConfig
 from slava.model.projector import Projector
 from slava.model.tokenizer import from_pretrained_dir, train_tokenizer
 from slava.model.towers import build_tower

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 
-from tiny_run import tiny_run_dir
 
 KEY = "test-key-7f3a"
 MAX_UPLOAD_MB = 1
@@ -102,17 +101,12 @@ def image_message(url: str, text: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def servers(run_dir, tmp_path_factory):
+def servers(tiny_run, tmp_path_factory):
     """A server with a key and one with --insecure-local, started side by side to overlap their start-up."""
     logs = tmp_path_factory.mktemp("serve")
-    keyed = launch_server(run_dir, KEY, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "8",
+    keyed = launch_server(tiny_run, KEY, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "8",
                           log=logs / "keyed.log")
-    open_ = launch_server(run_dir, None, "--insecure-local", log=logs / "open.log")
+    open_ = launch_server(tiny_run, None, "--insecure-local", log=logs / "open.log")
     try:
         yield {"keyed": wait_ready(*keyed, logs / "keyed.log"), "open": wait_ready(*open_, logs / "open.log")}
     finally:
@@ -152,20 +146,20 @@ def test_refuses_to_start_without_key_or_flag(tmp_path):
     assert result.returncode == 1 and "loopback" in result.stderr
 
 
-def test_openai_client_chat_and_models(client, images, run_dir):
-    assert [m.id for m in client.models.list().data] == [run_dir.name]
+def test_openai_client_chat_and_models(client, images, tiny_run):
+    assert [m.id for m in client.models.list().data] == [tiny_run.name]
     url = data_url(images["particles"])
-    reply = client.chat.completions.create(model=run_dir.name, max_tokens=16,
+    reply = client.chat.completions.create(model=tiny_run.name, max_tokens=16,
                                            messages=image_message(url, "Describe this micrograph."))
     choice = reply.choices[0]
-    assert reply.object == "chat.completion" and reply.model == run_dir.name and reply.id.startswith("chatcmpl-")
+    assert reply.object == "chat.completion" and reply.model == tiny_run.name and reply.id.startswith("chatcmpl-")
     assert choice.message.role == "assistant" and choice.message.content.strip()
     assert choice.finish_reason in ("stop", "length")
     assert 0 < reply.usage.completion_tokens <= 16
     assert reply.usage.prompt_tokens > 10
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     # Greedy by default: the same question gets the same answer.
-    again = client.chat.completions.create(model=run_dir.name, max_tokens=16,
+    again = client.chat.completions.create(model=tiny_run.name, max_tokens=16,
                                            messages=image_message(url, "Describe this micrograph."))
     assert again.choices[0].message.content == choice.message.content
 
@@ -301,7 +295,7 @@ def test_preview_crops_the_data_bar(server, images):
     assert png.size == (p["width"], p["height"])
 
 
-def test_classify_and_measure(server, images, run_dir):
+def test_classify_and_measure(server, images, tiny_run):
     labels = httpx.get(f"{server}/v1/labels", headers=auth()).json()["labels"]
     assert sorted(labels) == ["fibres", "particles", "porous_sponges"]
     r = httpx.post(f"{server}/v1/classify", headers=auth(), json={"image": data_url(images["fibres"])})

@@ -98,11 +98,24 @@ def test_every_image_ends_once_in_records_or_rejects(tmp_path, server):
     assert {w for w, _ in server.image_sizes()} == set(widths.values())
 
 
-def test_retry_after_is_honoured_by_the_runner(tmp_path, server):
+def test_retry_after_is_honoured_by_the_runner(tmp_path, server, monkeypatch):
+    """The wait before the retry is the server's Retry-After (1 s), not the 0.01 s backoff; recorded, not timed."""
+    import asyncio
+
+    from slava.teacher import openai_client
+
+    waits, real_sleep = [], asyncio.sleep
+
+    async def recorded(seconds, *args, **kwargs):
+        waits.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(openai_client.asyncio, "sleep", recorded)
     _folder(tmp_path / "data", 1)
     server.push(("429", 1))
-    run_teacher(tmp_path / "data", tmp_path / "r.jsonl", _teacher(server), progress=False)
-    assert server.arrivals[1] - server.arrivals[0] >= 0.9
+    summary = run_teacher(tmp_path / "data", tmp_path / "r.jsonl", _teacher(server), progress=False)
+    assert summary.done == 1 and len(server.requests) == 2
+    assert waits.count(1.0) == 1 and not any(0 < w < 0.05 for w in waits)  # no backoff-sized wait
 
 
 def test_concurrency_is_bounded(tmp_path, server):

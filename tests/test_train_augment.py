@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from slava.train.augment import AugmentConfig, choose_variants, degrade, variant_seed
-from slava.train.dataset import to_model_pixels
+from slava.model.pixels import to_model_pixels
 
-from test_train_fixtures import RECIPES, cli, draw, steps, tiny_data  # noqa: F401  (fixture)
+from test_train_fixtures import RECIPES, cli, draw, steps
 
 
 @pytest.fixture(scope="module")

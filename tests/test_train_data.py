@@ -10,7 +10,8 @@ from PIL import Image
 
 from slava.data.chat import IGNORE_INDEX
 from slava.model.tokenizer import train_tokenizer
-from slava.train.dataset import ImageStore, build_examples, collate, split_records, to_model_pixels
+from slava.model.pixels import to_model_pixels
+from slava.train.dataset import ImageStore, build_examples, collate, split_records
 
 from test_train_fixtures import draw, record
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from test_train_fixtures import RECIPES, cli, steps, tiny_data  # noqa: F401  (fixture)
+from test_train_fixtures import RECIPES, cli, steps
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # fp32 and no router losses: the balance loss is taken per process (as in

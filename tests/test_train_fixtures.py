@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,12 +71,6 @@ def steps(metrics: Path) -> list[dict]:
     """Training-step rows of a metrics.jsonl."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     return [r for r in rows if "loss" in r]
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """records.jsonl of 12 images × 3 tasks, 2 images held out as val."""
-    return make_dataset(tmp_path_factory.mktemp("traindata"))
 
 
 def test_fixture_records_are_valid(tiny_data):

@@ -11,7 +11,7 @@ from slava.model.quant import QuantizedLinear
 from slava.train.recipe import load_recipe
 from slava.train.trainer import Trainer, train
 
-from test_train_fixtures import RECIPES, ROOT, steps, tiny_data  # noqa: F401  (fixture)
+from test_train_fixtures import RECIPES, ROOT, steps
 
 
 def quantized_base_hash(model) -> str:
@@ -64,8 +64,9 @@ def test_run_dir_holds_model_metrics_and_summary(run):
 
     out, summary, _ = run
     for name in ("config.json", "adapter.safetensors", "metrics.jsonl", "recipe.yaml", "train_summary.json",
-                 "train_records.json", "loss.png", "expert_load.png"):
+                 "loss.png", "expert_load.png"):
         assert (out / name).is_file(), name
+    assert not (out / "train_records.json").exists()  # the labels live in train_summary.json only
     rows = steps(out / "metrics.jsonl")
     assert [r["stage"] for r in rows] == ["base"] * 2 + ["align"] * 2 + ["instruct"] * 2
     assert all(len(r["expert_entropy"]) == 2 for r in rows if r["stage"] == "instruct")

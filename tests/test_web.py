@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from test_serve import KEY, start_server, stop_server, synthetic_png
-from tiny_run import tiny_run_dir
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -22,13 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
-    proc, base = start_server(run_dir, KEY, log=tmp_path_factory.mktemp("web") / "server.log")
+def server(tiny_run, tmp_path_factory):
+    proc, base = start_server(tiny_run, KEY, log=tmp_path_factory.mktemp("web") / "server.log")
     yield base
     stop_server(proc)
 
@@ -48,7 +42,7 @@ def browser():
     driver.quit()
 
 
-def test_upload_preview_classify_measure_and_chat(server, browser, run_dir, tmp_path):
+def test_upload_preview_classify_measure_and_chat(server, browser, tiny_run, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -63,7 +57,7 @@ def test_upload_preview_classify_measure_and_chat(server, browser, run_dir, tmp_
     browser.find_element(By.ID, "api-key").send_keys(KEY)
     browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "ready"))
-    assert browser.find_element(By.ID, "model").text == run_dir.name
+    assert browser.find_element(By.ID, "model").text == tiny_run.name
     labels = browser.find_element(By.ID, "labels").get_attribute("value")
     assert {s.strip() for s in labels.split(",")} == {"fibres", "particles", "porous_sponges"}
 

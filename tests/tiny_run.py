@@ -80,11 +80,6 @@ def make_tiny_run(root: str | Path) -> Path:
     return run
 
 
-def tiny_run_dir(tmp_path_factory) -> Path:
-    """The session's tiny run, built once per pytest session whichever test module asks first."""
-    return make_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
-
-
 def tiny_images(run: Path) -> dict[str, list[Path]]:
     """The tiny run's synthetic images by class (sorted)."""
     images = run.parent / "images"

@@ -30,7 +30,6 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in args:
             if arg is type(None):
                 if value is None:
@@ -38,8 +37,8 @@ def _check(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _check(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:

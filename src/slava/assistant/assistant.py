@@ -11,8 +11,6 @@ measurement toolkit, not by the model (``grounding``).
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,17 +23,16 @@ from slava.assistant.fewshot import SupportError, load_support, prototype_probs,
 from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, user_turn
+from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
 from slava.hardware import choose_precision
 from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
+from slava.model.generate import GenerationConfig
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
 
 MODES = ("prototype", "in_context")
 """Few-shot modes of ``Assistant.classify``."""
-
-_ROWS_PER_FORWARD = 256
-"""Sequences per scoring forward: bounds memory when many images × labels are scored together."""
 
 
 class AssistantError(SlavaError):
@@ -93,16 +90,7 @@ def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: floa
 
 def trained_labels(run_dir: str | Path) -> list[str]:
     """Class labels a run was trained on (``meta.class`` values of its records), sorted; [] if unknown."""
-    run_dir = Path(run_dir)
-    for name in ("train_summary.json", "train_records.json"):
-        path = run_dir / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            data = data.get("labels", data)
-            classes = data.get("meta_classes") or {}
-            if classes:
-                return sorted(classes)
-    return []
+    return sorted((read_run_labels(run_dir) or {}).get("meta_classes") or {})
 
 
 class Assistant:
@@ -116,12 +104,11 @@ class Assistant:
         self.device = torch.device(device)
         self.run_dir = run_dir
         self.precision = choose_precision(precision, self.device)
-        self._prefix_cache: tuple | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
              precision: str = "auto") -> "Assistant":
-        """Load a run directory (``slava train --out``); ``rank`` runs the experts at that rank (r_max when None).
+        """Load a run directory (the ``--out`` of a training run); ``rank`` runs the experts at that rank (r_max when None).
 
         ``precision`` is resolved by ``slava.hardware.choose_precision`` for the device.
         """
@@ -130,7 +117,7 @@ class Assistant:
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
-            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one with `slava train` or pass --run")
+            raise AssistantError(f"{run_dir}: not a trained run (no config.json); train one first with the `train` command, or pass --run")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = SlavaModel.load(run_dir).to(device)
         try:
@@ -165,21 +152,15 @@ class Assistant:
 
     def ask(self, image: ImageInput, question: str, max_new_tokens: int = 128, strategy: str = "greedy") -> Answer:
         """Answer one question about ``image``; counting and size questions are measured."""
-        return self.chat(image, [user_turn(question)], max_new_tokens=max_new_tokens, strategy=strategy)
+        return self.chat(image, [user_turn(question)], GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy))
 
-    def chat(
-        self,
-        image: ImageInput,
-        turns: Sequence[dict],
-        max_new_tokens: int = 128,
-        strategy: str = "greedy",
-        top_p: float = 0.9,
-        temperature: float = 1.0,
-    ) -> Answer:
+    def chat(self, image: ImageInput, turns: Sequence[dict], config: GenerationConfig | None = None) -> Answer:
         """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
 
-        ``top_p`` and ``temperature`` apply to ``strategy="top_p"`` sampling only.
+        ``config`` says how to decode; None is ``GenerationConfig(max_new_tokens=128)``.
         """
+        if config is None:
+            config = GenerationConfig(max_new_tokens=128)
         start = time.perf_counter()
         turns = [dict(t) for t in turns]
         if not turns or turns[-1].get("from") != "human":
@@ -193,13 +174,10 @@ class Assistant:
             return self._grounded(micrograph, kind, start)
         prompt = self._prompt(turns)
         with self.inference():
-            out = self.model.generate(
-                self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy, top_p=top_p,
-                temperature=temperature,
-            )[0]
+            out = self.model.generate(self.pixels([micrograph]), [prompt], config)[0]
         return Answer(
             text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
-            finish_reason="length" if len(out) >= max_new_tokens else "stop",
+            finish_reason="length" if len(out) >= config.max_new_tokens else "stop",
         )
 
     def _grounded(self, micrograph: Micrograph, kind: str, start: float) -> Answer:
@@ -214,8 +192,8 @@ class Assistant:
         micrograph = self.prepare(image)
         with self.inference():
             out = self.model.generate(
-                self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])], max_new_tokens=max_new_tokens,
-                strategy=strategy,
+                self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])],
+                GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy),
             )[0]
         return Answer(
             text=self.tokenizer.decode(out).strip(), tokens=len(out), latency_s=time.perf_counter() - start,
@@ -281,65 +259,10 @@ class Assistant:
         answers = [self.tokenizer.encode(f" {classify_answer(label)}") + [self.tokenizer.eos_id] for label in labels]
         with self.inference():
             embeds = self.model.encode_images(pixels.to(self.device))
-            scores = self._score(embeds, prompt, answers)
+            scores = self.model.score_continuations(embeds, prompt, answers)
         probs = F.softmax(scores, dim=-1)
         each = (time.perf_counter() - start) / max(len(probs), 1)
         return [_ranked(labels, p, "zero_shot", each) for p in probs]
-
-    def _prefix(self, prompt: list[int]) -> tuple[int, object]:
-        """Length and KV cache of the image-independent start of ``prompt`` (system text), computed once."""
-        first_image = prompt.index(self.tokenizer.image_id)
-        key = tuple(prompt[:first_image])
-        if self._prefix_cache is None or self._prefix_cache[0] != key:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.model.lm.config)
-            ids = torch.tensor([key], device=self.device)
-            self.model.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-            self._prefix_cache = (key, cache)
-        return len(key), self._prefix_cache[1]
-
-    def _score(self, image_embeds: torch.Tensor, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
-        """Mean log-probability per token [B, L] of each continuation after each image's prompt.
-
-        The system text is run once and cached; each image's prompt runs once;
-        only the short continuations are repeated per label.
-        """
-        n_labels = len(continuations)
-        chunk = max(1, _ROWS_PER_FORWARD // n_labels)
-        return torch.cat([
-            self._score_chunk(image_embeds[i : i + chunk], prompt, continuations) for i in range(0, len(image_embeds), chunk)
-        ])
-
-    def _score_chunk(self, image_embeds: torch.Tensor, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
-        lm, dev = self.model.lm, self.device
-        b, n_labels = image_embeds.shape[0], len(continuations)
-        n_prefix, prefix = self._prefix(prompt)
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(b)
-        rest = torch.tensor([prompt[n_prefix:]] * b, device=dev)
-        embeds = self.model.embed(rest, image_embeds)
-        total = len(prompt)
-        positions = torch.arange(n_prefix, total, device=dev).expand(b, -1)
-        mask = torch.ones((b, total), dtype=torch.long, device=dev)
-        last = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                  logits_to_keep=1).logits[:, -1].float()
-        cache.batch_repeat_interleave(n_labels)
-        width = max(len(c) for c in continuations)
-        ids = torch.full((n_labels, width), self.tokenizer.pad_id, dtype=torch.long, device=dev)
-        cont_mask = torch.zeros((n_labels, width), dtype=torch.long, device=dev)
-        for j, c in enumerate(continuations):
-            ids[j, : len(c)] = torch.tensor(c)
-            cont_mask[j, : len(c)] = 1
-        ids, cont_mask = ids.repeat(b, 1), cont_mask.repeat(b, 1)
-        mask = torch.cat([torch.ones((b * n_labels, total), dtype=torch.long, device=dev), cont_mask], dim=1)
-        positions = torch.arange(total, total + width, device=dev).expand(b * n_labels, -1)
-        logits = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits.float()
-        # Token 0 of each continuation is predicted by the prompt's last position, token t by continuation t-1.
-        logits = torch.cat([last.repeat_interleave(n_labels, dim=0)[:, None], logits[:, :-1]], dim=1)
-        logp = F.log_softmax(logits, dim=-1).gather(2, ids[:, :, None]).squeeze(2)
-        mean = (logp * cont_mask).sum(dim=1) / cont_mask.sum(dim=1)
-        return mean.view(b, n_labels)
 
     def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
         with self.inference():
@@ -372,5 +295,5 @@ class Assistant:
         with self.inference():
             embeds = self.model.encode_images(self.pixels([m for _, m in order] + [micrograph]))
             embeds = embeds.reshape(1, -1, embeds.shape[-1])
-            probs = F.softmax(self._score(embeds, prompt, answers)[0], dim=-1)
+            probs = F.softmax(self.model.score_continuations(embeds, prompt, answers)[0], dim=-1)
         return _ranked(labels, probs, "in_context", 0.0)

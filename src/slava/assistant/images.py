@@ -40,6 +40,6 @@ def model_pixels(micrographs: list[Micrograph], size: int):
     """Model input [B,1,size,size] in [0,1], resized exactly as in training."""
     import torch
 
-    from slava.train.dataset import to_model_pixels
+    from slava.model.pixels import to_model_pixels
 
     return torch.stack([to_model_pixels(m.pixels, size) for m in micrographs])

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from slava.data.atomic import write_atomic
 from slava.errors import SlavaError
 from slava.io import IMAGE_EXTENSIONS
 
@@ -105,7 +106,7 @@ def decode_one(job: tuple[str, str, int, bool]) -> dict:
         data = (Path(root) / rel).read_bytes()
         row["sha256"] = hashlib.sha256(data).hexdigest()
         from slava.io import load_micrograph_bytes
-        from slava.train.dataset import to_model_pixels
+        from slava.model.pixels import to_model_pixels
 
         micrograph = load_micrograph_bytes(data, name=rel)
         row["pixels"] = to_model_pixels(micrograph.pixels, size).numpy()
@@ -142,6 +143,8 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
     """Classify (and caption) the decoded images of one batch; return complete rows."""
     import torch
 
+    from slava.model.generate import GenerationConfig
+
     good = [r for r in batch if "pixels" in r]
     if good:
         pixels = torch.from_numpy(np.stack([r.pop("pixels") for r in good]))
@@ -157,7 +160,8 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
         if caption and results:
             prompt = assistant._prompt([_caption_turn()])
             with assistant.inference():
-                out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good), max_new_tokens=96)
+                out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good),
+                                               GenerationConfig(max_new_tokens=96))
             for r, ids in zip(good, out):
                 r["caption"] = assistant.tokenizer.decode(ids).strip()
     return [{c: r.get(c) for c in COLUMNS} for r in batch]
@@ -239,14 +243,10 @@ def _finalise(out: Path, rows: list[dict]) -> "object":
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     for col in ("sha256", "label", "top3", "unit", "caption", "error"):
         frame[col] = frame[col].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else str(v))
-    tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
+        write_atomic(out, lambda tmp: frame.to_csv(tmp, index=False))
     else:
-        frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+        write_atomic(out, lambda tmp: frame.to_parquet(tmp, index=False))
     journal = _journal_path(out)
     if journal != out and journal.exists():
         journal.unlink()

@@ -1,29 +1,43 @@
 """The ``slava`` command line: a map from command names to one function each.
 
-Each module in this package defines ``register(subparsers)`` that adds its
-command and sets ``func``; the functions only parse arguments and call into
-the library.
+``COMMANDS`` names every command's module; each defines ``register(subparsers)``
+that adds its command and sets ``func``. The functions only parse arguments
+and call into the library.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
 
 from slava.errors import SlavaError
 
 
+COMMANDS: dict[str, str] = {
+    "env": "slava.cli.env",
+    "inspect": "slava.cli.inspect",
+    "synth": "slava.cli.synth",
+    "teach": "slava.cli.teach",
+    "train": "slava.cli.train",
+    "plot": "slava.cli.plot",
+    "ask": "slava.cli.ask",
+    "caption": "slava.cli.caption",
+    "classify": "slava.cli.classify",
+    "measure": "slava.cli.measure",
+    "screen": "slava.cli.screen",
+    "serve": "slava.cli.serve",
+    "eval": "slava.cli.eval",
+}
+"""Command name → the module that registers it, in the order of the data flow."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Parser with every command found in this package."""
+    """Parser with every command of ``COMMANDS``."""
     parser = argparse.ArgumentParser(prog="slava", description="sLAVA: language-and-vision assistant for electron micrographs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        module.register(sub)
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(sub)
     return parser
 
 

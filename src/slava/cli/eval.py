@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation (or the ablations) and print where the results are."""
     if args.ablations:
-        from slava.eval.ablations import ablation_table, run_ablations
+        from slava.ablations import ablation_table, run_ablations
 
         rows = run_ablations(args.ablations, args.data, args.out, steps=args.ablation_steps, limit=args.limit or 40)
         print(ablation_table(rows, args.ablation_steps))

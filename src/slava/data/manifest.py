@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from slava.data.records import scan_jsonl
 from slava.errors import SlavaError
 from slava.io import IMAGE_EXTENSIONS, MicrographError
 from slava.io.readers import probe_image
@@ -142,22 +143,17 @@ def _read_image_folder(root: Path) -> Manifest:
 
 def _json_lines(path: Path, errors: list) -> list[tuple[int, dict]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        scanned = list(scan_jsonl(path))
+    except OSError as exc:
         raise ManifestError(f"{path}: cannot be read ({exc})") from None
     lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            errors.append(UnreadableFile(f"{path}:{number}", f"not JSON: {exc}"))
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"]:
-            errors.append(UnreadableFile(f"{path}:{number}", "line has no 'path' string"))
-            continue
-        lines.append((number, obj))
+    for number, obj, problem in scanned:
+        if problem is None and (not isinstance(obj.get("path"), str) or not obj["path"]):
+            problem = "line has no 'path' string"
+        if problem:
+            errors.append(UnreadableFile(f"{path}:{number}", problem))
+        else:
+            lines.append((number, obj))
     return lines
 
 

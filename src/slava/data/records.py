@@ -78,6 +78,30 @@ class BadLine:
     reason: str
 
 
+def scan_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Every non-blank line of a JSONL file as ``(line number, object, problem)``: the one JSONL reader.
+
+    ``object`` is None where ``problem`` says why: not JSON, not an object, or
+    a partial last line (a killed writer), which is never parsed even if it
+    happens to be valid JSON.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        if number == len(lines) and not data.endswith(b"\n"):
+            yield number, None, "partial last line (writer was interrupted)"
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            yield number, None, f"not JSON: {exc}"
+            continue
+        yield (number, obj, None) if isinstance(obj, dict) else (number, None, "not a JSON object")
+
+
 def read_records(path: str | Path, validate: bool = True) -> tuple[list[dict], list[BadLine]]:
     """All valid records of a JSONL file, and the lines that were not.
 
@@ -86,21 +110,8 @@ def read_records(path: str | Path, validate: bool = True) -> tuple[list[dict], l
     """
     records: list[dict] = []
     bad: list[BadLine] = []
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        if number == len(lines) and not data.endswith(b"\n"):
-            bad.append(BadLine(number, "partial last line (writer was interrupted)"))
-            continue
-        try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            bad.append(BadLine(number, f"not JSON: {exc}"))
-            continue
-        problems = validate_record(rec) if validate else []
+    for number, rec, problem in scan_jsonl(path):
+        problems = [problem] if problem else (validate_record(rec) if validate else [])
         if problems:
             bad.append(BadLine(number, "; ".join(problems)))
         else:
@@ -109,20 +120,9 @@ def read_records(path: str | Path, validate: bool = True) -> tuple[list[dict], l
 
 
 def iter_json_lines(path: str | Path) -> Iterator[dict]:
-    """Complete JSON objects of a JSONL file, skipping blank, broken and partial lines."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(obj, dict):
-                yield obj
+    """Complete JSON objects of a JSONL file (none if it does not exist), skipping blank, broken and partial lines."""
+    if Path(path).exists():
+        yield from (obj for _, obj, _ in scan_jsonl(path) if obj is not None)
 
 
 class JsonlAppender:
@@ -162,3 +162,9 @@ def _truncate_partial_tail(path: Path) -> None:
         if data.endswith(b"\n"):
             return
         fh.truncate(data.rfind(b"\n") + 1)
+
+
+def resolve_image(record: dict, root: Path) -> str:
+    """Absolute path of a record's image (relative paths are relative to the records file)."""
+    path = Path(record["image"])
+    return str(path if path.is_absolute() else (root / path).resolve())

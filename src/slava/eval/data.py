@@ -79,7 +79,7 @@ def _truth_from_quantities(label: str | None, quantities: dict) -> dict:
 
 def _from_records(path: Path) -> EvalData:
     from slava.data.records import read_records
-    from slava.train.dataset import resolve_image
+    from slava.data.records import resolve_image
 
     records, _ = read_records(path)
     if not records:

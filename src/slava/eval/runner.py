@@ -14,8 +14,9 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from slava.errors import SlavaError
 from slava.eval import metrics as M
@@ -24,7 +25,6 @@ from slava.eval.data import add_teacher_references, load_eval_data
 
 TASKS = ("caption", "vqa", "classify", "count")
 SHOTS = (1, 5, 10)
-CHEAP_BASELINES = ("texture", "efficientnet")
 
 
 def _machine() -> str:
@@ -69,6 +69,121 @@ def _goals(m: dict) -> list[dict]:
     return rows
 
 
+@dataclass
+class _Run:
+    """What every task block of one evaluation shares; ``m`` is the metrics dict being filled."""
+
+    assistant: object
+    run: Path
+    ds: object
+    test: list
+    seen: list[str]
+    unseen: list[str]
+    out: Path
+    seed: int
+    m: dict
+    log: Callable
+    closed_items: list = field(default_factory=list)
+    clean_ranked: list | None = None
+    fitted: dict = field(default_factory=dict)
+
+    def timed(self, name: str, fn):
+        """Run ``fn``, logging its name and recording its seconds under ``timings_s``."""
+        t0 = time.perf_counter()
+        self.log(f"eval: {name}…")
+        result = fn()
+        self.m["timings_s"][name] = round(time.perf_counter() - t0, 1)
+        return result
+
+
+def _classification(r: _Run, zero_shot: Sequence[str] | None, shots: Sequence[int]) -> None:
+    """Closed-set classification with its image ablation, zero-shot on held-out classes, few-shot prototypes."""
+    cls: dict = {}
+    if len(r.seen) >= 2 and r.closed_items:
+        cls["closed_set"], r.clean_ranked = r.timed("classify", lambda: T.classify_task(r.assistant, r.closed_items, r.seen))
+        cls["image_ablation"] = r.timed(
+            "image ablation", lambda: T.image_ablation(r.assistant, r.closed_items, r.seen, r.clean_ranked, r.seed))
+    held = list(zero_shot) if zero_shot else r.unseen
+    if not zero_shot:
+        skipped = T.leaked_classes(r.run, held)
+        held = [c for c in held if c not in skipped]
+        if skipped:
+            cls["zero_shot_excluded"] = skipped
+    cls["zero_shot"] = r.timed("zero-shot", lambda: T.zero_shot_task(r.assistant, r.run, r.test, held))
+    r.m["classification"] = cls
+    if shots:
+        r.m["few_shot"] = r.timed(
+            "few-shot", lambda: T.few_shot_task(r.assistant, r.test, r.ds.split("train"), r.ds.labels, list(shots)))
+
+
+def _text(r: _Run, text_tasks: Sequence[str], limit: int | None) -> None:
+    """Captions and VQA answers against the teacher's references, and the experts' load while generating them."""
+    items = T.stratified(r.ds.split("test"), limit)
+    add_teacher_references(r.ds, items, r.seed)
+    for it in items:
+        it.refs = [ref for ref in it.refs if ref.task in text_tasks]
+    model = r.assistant.model
+    model.reset_expert_usage()
+    r.m["text"] = r.timed("captions and VQA", lambda: T.text_task(r.assistant, items))
+    usage = model.expert_usage()
+    r.m["expert_load"] = {k: [c / max(sum(v), 1) for c in v] for k, v in usage.items() if sum(v)}
+
+
+def _baselines(r: _Run, names: Sequence[str], precision: str) -> None:
+    """Each baseline fitted on the train split and scored on the closed-set test images; kept for the shifts."""
+    from slava.eval.baselines import BASELINES, make_baseline
+
+    train_items = r.ds.split("train")
+    train_px = _pixels(train_items)
+    test_px = _pixels(r.closed_items)
+    r.m["baselines"] = {}
+    for name in names:
+        if name not in BASELINES:
+            raise SlavaError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+
+        def fit_and_score(name=name):
+            model = make_baseline(name, r.seed, precision).fit(train_px, [it.label for it in train_items])
+            ranked = model.rank(test_px)
+            return model, {"train_s": model.train_s,
+                           "clean": M.classification_scores([it.label for it in r.closed_items], ranked, r.seen)}
+
+        r.fitted[name], r.m["baselines"][name] = r.timed(f"baseline {name}", fit_and_score)
+
+
+def _robustness(r: _Run, shifts: Sequence[str], count: bool) -> None:
+    """The closed-set classification (student and fitted baselines) and particle counts on shifted twins."""
+    if r.ds.synth is None:
+        raise SlavaError("--shifts needs a synthetic set folder as --data (its seed renders the shifted twins)")
+    m = r.m
+
+    def robustness():
+        truth = [it.label for it in r.closed_items]
+        out = {"macro_f1": {"clean": {"student": m["classification"]["closed_set"]["macro_f1"]}}, "top1": {},
+               "count_mae": {}, "drop": {}}
+        for name, b in m.get("baselines", {}).items():
+            out["macro_f1"]["clean"][name] = b["clean"]["macro_f1"]
+        clean_count = (m.get("counting") or {}).get("particle_count", {}).get("mae")
+        if clean_count is not None:
+            out["count_mae"]["clean"] = clean_count
+        for shift in shifts:
+            items = T.shifted_items(r.closed_items, r.ds.synth, shift, r.out / "shifted" / shift)
+            scores, _ = T.classify_task(r.assistant, items, r.seen)
+            out["macro_f1"][shift] = {"student": scores["macro_f1"]}
+            out["top1"][shift] = scores["top1"]
+            out["drop"][shift] = out["macro_f1"]["clean"]["student"] - scores["macro_f1"]
+            if r.fitted:
+                px = _pixels(items)
+                for name, model in r.fitted.items():
+                    out["macro_f1"][shift][name] = M.macro_f1(truth, [x[0] for x in model.rank(px)], r.seen)
+            if count:
+                counted = T.counting_task(r.assistant, [it for it in items if "particle_count" in it.truth])
+                if "particle_count" in counted:
+                    out["count_mae"][shift] = counted["particle_count"]["mae"]
+        return out
+
+    m["robustness"] = r.timed("robustness", robustness)
+
+
 def evaluate(
     run: str | Path,
     data: str | Path,
@@ -96,7 +211,6 @@ def evaluate(
     """
     from slava.assistant import Assistant, trained_labels
     from slava.hardware import describe_run, use_threads
-    from slava.model.mope import expert_usage, reset_expert_usage
     from slava.synth import SHIFTS
 
     unknown = sorted(set(tasks) - set(TASKS))
@@ -105,117 +219,40 @@ def evaluate(
     bad = sorted(set(shifts) - set(SHIFTS))
     if bad:
         raise SlavaError(f"unknown shift(s) {bad}; known: {', '.join(SHIFTS)}")
+    if zero_shot:
+        # Refused before any work is done, not after minutes of other tasks.
+        T.refuse_leaks(run, zero_shot)
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_threads = use_threads(threads)
     assistant = Assistant.load(run, precision=precision)
     ds = load_eval_data(data)
-    test = T.stratified(ds.split("test"), limit)
     trained = set(trained_labels(run))
     seen = [c for c in ds.labels if c in trained]
-    unseen = [c for c in ds.labels if c not in trained]
-    if zero_shot:
-        # Refused before any work is done, not after minutes of other tasks.
-        T.refuse_leaks(run, zero_shot)
     m: dict = {
         "run": str(run), "data": str(data), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": _machine(), **describe_run(assistant.precision, n_threads), "synthetic": ds.synth is not None, "limit": limit, "splits": {"eval": "test", "support_and_baselines": "train"},
-        "labels": {"eval": ds.labels, "seen_in_training": seen, "unseen": unseen}, "timings_s": {},
+        "machine": _machine(), **describe_run(assistant.precision, n_threads), "synthetic": ds.synth is not None,
+        "limit": limit, "splits": {"eval": "test", "support_and_baselines": "train"},
+        "labels": {"eval": ds.labels, "seen_in_training": seen, "unseen": [c for c in ds.labels if c not in trained]},
+        "timings_s": {},
     }
+    r = _Run(assistant, Path(run), ds, T.stratified(ds.split("test"), limit), seen, m["labels"]["unseen"], out, seed, m, log)
+    r.closed_items = [it for it in r.test if it.label in seen]
 
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        log(f"eval: {name}…")
-        result = fn()
-        m["timings_s"][name] = round(time.perf_counter() - t0, 1)
-        return result
-
-    closed_items = [it for it in test if it.label in seen]
-    clean_ranked = None
     if "classify" in tasks:
-        cls: dict = {}
-        if len(seen) >= 2 and closed_items:
-            cls["closed_set"], clean_ranked = timed("classify", lambda: T.classify_task(assistant, closed_items, seen))
-            cls["image_ablation"] = timed("image ablation", lambda: T.image_ablation(assistant, closed_items, seen, clean_ranked, seed))
-        held = list(zero_shot) if zero_shot else unseen
-        if not zero_shot:
-            skipped = T.leaked_classes(run, held)
-            held = [c for c in held if c not in skipped]
-            if skipped:
-                cls["zero_shot_excluded"] = skipped
-        cls["zero_shot"] = timed("zero-shot", lambda: T.zero_shot_task(assistant, run, test, held))
-        m["classification"] = cls
-        if shots:
-            m["few_shot"] = timed("few-shot", lambda: T.few_shot_task(assistant, test, ds.split("train"), ds.labels, list(shots)))
-
+        _classification(r, zero_shot, shots)
     text_tasks = [t for t in ("caption", "vqa") if t in tasks]
     if text_tasks:
-        items = T.stratified(ds.split("test"), text_limit or limit)
-        add_teacher_references(ds, items, seed)
-        for it in items:
-            it.refs = [r for r in it.refs if r.task in text_tasks]
-        reset_expert_usage(assistant.model)
-        m["text"] = timed("captions and VQA", lambda: T.text_task(assistant, items))
-        usage = expert_usage(assistant.model)
-        m["expert_load"] = {k: [c / max(sum(v), 1) for c in v] for k, v in usage.items() if sum(v)}
-
+        _text(r, text_tasks, text_limit or limit)
     if "count" in tasks:
-        m["counting"] = timed("counting", lambda: T.counting_task(assistant, [it for it in test if it.truth]))
-
-    fitted = {}
+        m["counting"] = r.timed("counting", lambda: T.counting_task(assistant, [it for it in r.test if it.truth]))
     if baselines:
-        train_items = ds.split("train")
-        train_px = _pixels(train_items)
-        test_px = _pixels(closed_items)
-        m["baselines"] = {}
-        from slava.eval.baselines import BASELINES, make_baseline
-
-        for name in baselines:
-            if name not in BASELINES:
-                raise SlavaError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-
-            def fit_and_score(name=name):
-                model = make_baseline(name, seed, precision).fit(train_px, [it.label for it in train_items])
-                ranked = model.rank(test_px)
-                return model, {"train_s": model.train_s,
-                               "clean": M.classification_scores([it.label for it in closed_items], ranked, seen)}
-
-            fitted[name], m["baselines"][name] = timed(f"baseline {name}", fit_and_score)
-
-    if shifts and clean_ranked is not None:
-        if ds.synth is None:
-            raise SlavaError("--shifts needs a synthetic set folder as --data (its seed renders the shifted twins)")
-
-        def robustness():
-            truth = [it.label for it in closed_items]
-            r = {"macro_f1": {"clean": {"student": m["classification"]["closed_set"]["macro_f1"]}}, "top1": {}, "count_mae": {},
-                 "drop": {}}
-            for name, b in m.get("baselines", {}).items():
-                r["macro_f1"]["clean"][name] = b["clean"]["macro_f1"]
-            clean_count = (m.get("counting") or {}).get("particle_count", {}).get("mae")
-            if clean_count is not None:
-                r["count_mae"]["clean"] = clean_count
-            for shift in shifts:
-                items = T.shifted_items(closed_items, ds.synth, shift, out / "shifted" / shift)
-                scores, _ = T.classify_task(assistant, items, seen)
-                r["macro_f1"][shift] = {"student": scores["macro_f1"]}
-                r["top1"][shift] = scores["top1"]
-                r["drop"][shift] = r["macro_f1"]["clean"]["student"] - scores["macro_f1"]
-                if fitted:
-                    px = _pixels(items)
-                    for name, model in fitted.items():
-                        r["macro_f1"][shift][name] = M.macro_f1(truth, [x[0] for x in model.rank(px)], seen)
-                if "count" in tasks:
-                    counted = T.counting_task(assistant, [it for it in items if "particle_count" in it.truth])
-                    if "particle_count" in counted:
-                        r["count_mae"][shift] = counted["particle_count"]["mae"]
-            return r
-
-        m["robustness"] = timed("robustness", robustness)
-
+        _baselines(r, baselines, precision)
+    if shifts and r.clean_ranked is not None:
+        _robustness(r, shifts, "count" in tasks)
     if neu is not None:
-        m["neu"] = {"five_shot": timed("NEU-DET 5-shot", lambda: neu_few_shot(assistant, neu, 5, limit))}
+        m["neu"] = {"five_shot": r.timed("NEU-DET 5-shot", lambda: neu_few_shot(assistant, neu, 5, limit))}
 
     m["goals"] = _goals(m)
     m["elapsed_s"] = round(time.perf_counter() - started, 1)

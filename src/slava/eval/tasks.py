@@ -6,7 +6,6 @@ Each task takes an ``Assistant`` and ``EvalItem``s and returns plain dicts
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from slava.data.run_labels import SUMMARY_FILE, read_run_labels
 from slava.errors import SlavaError
 from slava.eval import metrics as M
 from slava.eval.data import COUNT_KEYS, EvalItem
@@ -134,13 +134,13 @@ def image_ablation(assistant, items: Sequence[EvalItem], labels: Sequence[str], 
 
 
 def leaked_classes(run_dir: str | Path, classes: Sequence[str]) -> dict[str, str]:
-    """Classes of ``classes`` that the run's training data named, with where (from ``train_summary.json``)."""
+    """Classes of ``classes`` that the run's training data named, with where (``slava.data.run_labels``)."""
     from slava.teacher.prompts import label_name
 
-    path = Path(run_dir) / "train_summary.json"
-    if not path.is_file():
-        raise LeakageError(f"{path} is missing: cannot tell which classes the run saw, so zero-shot is refused")
-    labels = json.loads(path.read_text()).get("labels") or {}
+    labels = read_run_labels(run_dir)
+    if labels is None:
+        raise LeakageError(f"{Path(run_dir) / SUMMARY_FILE} is missing: cannot tell which classes the run saw, "
+                           "so zero-shot is refused")
     meta = set(labels.get("meta_classes") or {})
     answers = {k.lower() for k in (labels.get("class_names_in_answers") or {})}
     out = {}

@@ -14,6 +14,10 @@ from typing import Literal
 from slava.model.mope import MoPEConfig
 from slava.model.quant import QuantConfig
 
+STAGES: tuple[str, ...] = ("base", "align", "instruct")
+"""The training stages, in the only order they may run: the tiny LM's pretraining,
+projector alignment, DyA-MoPE instruction tuning (``SlavaModel.prepare_stage``)."""
+
 __all__ = ["VisionConfig", "ProjectorConfig", "LMConfig", "QuantConfig", "MoPEConfig", "ModelConfig"]
 
 

@@ -27,18 +27,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from slava.config import ConfigError, from_dict, to_dict
-from slava.data.chat import IGNORE_INDEX
 from slava.errors import SlavaError
-from slava.model import generate as gen
-from slava.model.config import ModelConfig
+from slava.model.config import STAGES, ModelConfig
+from slava.model.generate import GenerationConfig, evaluating, generate, left_pad
 from slava.model.language import build_language_model
-from slava.model.mope import MoPELinear, attach_mopes, router_losses
+from slava.model.loss import token_cross_entropy
+from slava.model.mope import MoPELinear, attach_mopes, expert_usage, reset_expert_usage, router_losses, sample_rank, set_rank
 from slava.model.projector import Projector
 from slava.model.quant import quantize_from_config
+from slava.model.scoring import score_continuations
 from slava.model.tokenizer import SlavaTokenizer
 from slava.model.towers import VisionTower, build_tower
 
-STAGES = ("base", "align", "instruct")
 FORMAT = 1
 
 
@@ -170,9 +170,7 @@ class SlavaModel(nn.Module):
         logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-            )
+            loss = token_cross_entropy(logits, labels)
         if self.adapted:
             balance, z = router_losses(self.lm)
         else:
@@ -197,8 +195,14 @@ class SlavaModel(nn.Module):
                         groups[key].append((f"lm.{name}.{pname}", p))
         return groups
 
-    def prepare_stage(self, stage: str) -> None:
-        """Set what trains in `stage`; entering align/instruct first quantizes the LM and attaches experts."""
+    def prepare_stage(self, stage: str, images: bool = False) -> None:
+        """Set what trains in `stage`: the one place that policy lives.
+
+        `base`: the whole LM, and the projector too when the stage feeds images
+        (``images``); `align`: the projector on a quantized, frozen LM with
+        experts attached on entry; `instruct`: projector, experts, routers and
+        the configured top tower blocks.
+        """
         if stage not in STAGES:
             raise StageError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
         if stage == "base":
@@ -206,6 +210,7 @@ class SlavaModel(nn.Module):
                 raise StageError("the LM is already quantized and adapted; the base stage must come first")
             self.requires_grad_(False)
             self.lm.requires_grad_(True)
+            self.projector.requires_grad_(images)
             self.base_trained = True
         else:
             if not self.adapted:
@@ -218,6 +223,24 @@ class SlavaModel(nn.Module):
                         p.requires_grad_(True)
                 self.tower.set_trainable(self.cfg.vision.trainable_blocks)
         self.stage = stage
+
+    # -- experts ---------------------------------------------------------------
+
+    def set_rank(self, rank: int | None) -> None:
+        """Run every expert at ``rank`` (None: each layer's r_max); ValueError outside 1..r_max."""
+        set_rank(self.lm, rank)
+
+    def sample_rank(self, generator: torch.Generator | None = None) -> int | None:
+        """The expert rank for one training step (dynamic ranks), or None before experts are attached."""
+        return sample_rank(self.cfg.mope, generator) if self.adapted else None
+
+    def expert_usage(self) -> dict[str, list[int]]:
+        """Tokens routed to each expert since the last reset, per routed layer."""
+        return expert_usage(self.lm)
+
+    def reset_expert_usage(self) -> None:
+        """Zero the experts' usage counters."""
+        reset_expert_usage(self.lm)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group: lm, projector, experts, routers, tower (empty groups included)."""
@@ -328,25 +351,32 @@ class SlavaModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self,
-        pixels: torch.Tensor | None,
-        input_ids: list[list[int]],
-        max_new_tokens: int = 64,
-        strategy: str = "greedy",
-        num_beams: int = 4,
-        top_p: float = 0.9,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        self, pixels: torch.Tensor | None, input_ids: list[list[int]], config: GenerationConfig | None = None
     ) -> list[list[int]]:
-        """New tokens for each prompt (eos not included); see `slava.model.generate.generate`."""
-        return gen.generate(
-            self, pixels, input_ids, max_new_tokens, strategy, num_beams=num_beams, top_p=top_p,
-            temperature=temperature, generator=generator,
-        )
+        """New tokens for each prompt, end of turn not included; `slava.model.generate.generate` decodes.
+
+        `pixels` [B,1,H,W] pairs row b with prompt b (None for text-only prompts);
+        `config` defaults to `GenerationConfig()`. The `<image>` placeholder is never emitted.
+        """
+        if not input_ids:
+            return []
+        device = self.lm.get_input_embeddings().weight.device
+        ids, mask = (t.to(device) for t in left_pad(input_ids, self.tokenizer.pad_id))
+        with evaluating(self):
+            embeds = self.embed(ids, None if pixels is None else self.encode_images(pixels))
+            return generate(self.lm, embeds, GenerationConfig() if config is None else config,
+                            eos_id=self.tokenizer.eos_id, mask=mask, banned_ids=[self.tokenizer.image_id])
 
     @torch.no_grad()
     def score_continuations(
-        self, pixels: torch.Tensor | None, prompt_ids: list[int], continuations: list[list[int]]
-    ) -> list[float]:
-        """Mean log-probability per token of each continuation after image + prompt (one batched forward)."""
-        return gen.score_continuations(self, pixels, prompt_ids, continuations)
+        self, image_embeds: torch.Tensor | None, prompt_ids: list[int], continuations: list[list[int]]
+    ) -> torch.Tensor:
+        """Mean log-probability per token [B, L] of each continuation after each image's prompt.
+
+        `image_embeds` [B, N, D] from `encode_images` fill the prompt's `<image>`
+        placeholders (None for a text-only prompt: B = 1). The system text before
+        the first image is computed once and cached; see `slava.model.scoring`.
+        """
+        with evaluating(self):
+            return score_continuations(self.lm, self.embed, image_embeds, prompt_ids, continuations,
+                                       image_id=self.tokenizer.image_id, pad_id=self.tokenizer.pad_id)

@@ -6,6 +6,7 @@ writes a balanced, split, reproducible set to disk.
 
 from slava.synth.dataset import write_dataset
 from slava.synth.generate import generate
-from slava.synth.params import CLASS_NAMES, CLASSES, SHIFTS, SynthError
+from slava.data.taxonomy import CLASS_NAMES, CLASSES
+from slava.synth.params import SHIFTS, SynthError
 
 __all__ = ["CLASSES", "CLASS_NAMES", "SHIFTS", "SynthError", "generate", "write_dataset"]

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from slava.io.readers import png_dpi_for
 from slava.synth.generate import MIN_SIZE, generate
-from slava.synth.params import CLASS_NAMES, CLASSES, SynthError, check_class, check_shift, image_seed
+from slava.data.taxonomy import CLASS_NAMES, CLASSES
+from slava.synth.params import SynthError, check_class, check_shift, image_seed
 
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.1), ("test", 0.2))
 _META_FILES = ("ground_truth.jsonl", "splits.json", "contact_sheet.png", "summary.json")

@@ -1,36 +1,11 @@
-"""Class ids, pixel-size ranges and seeding shared by every synthetic generator."""
+"""Pixel-size ranges, shifts and seeding shared by every synthetic generator (class ids: ``slava.data.taxonomy``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from slava.data.taxonomy import CLASSES
 from slava.errors import SlavaError
-
-CLASSES: tuple[str, ...] = (
-    "biological",
-    "fibres",
-    "films_coated_surfaces",
-    "mems_devices_electrodes",
-    "nanowires",
-    "particles",
-    "patterned_surfaces",
-    "porous_sponges",
-    "powders",
-    "tips",
-)
-
-CLASS_NAMES: dict[str, str] = {
-    "biological": "biological",
-    "fibres": "fibres",
-    "films_coated_surfaces": "films and coated surfaces",
-    "mems_devices_electrodes": "MEMS devices and electrodes",
-    "nanowires": "nanowires",
-    "particles": "particles",
-    "patterned_surfaces": "patterned surfaces",
-    "porous_sponges": "porous sponges",
-    "powders": "powders",
-    "tips": "tips",
-}
 
 SHIFTS: tuple[str, ...] = ("noise", "blur", "contrast", "charging", "scale")
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from slava.data.chat import user_turn
 from slava.data.records import TASKS
+from slava.data.taxonomy import CLASS_NAMES, CLASSES
 from slava.measure.record import Measurements
 from slava.teacher import phrasing
 from slava.teacher.phrasing import Numbers
@@ -161,8 +162,6 @@ class AnalyticTeacher:
         self.no_label_leak = no_label_leak
         self.seed = seed
         if labels is None:
-            from slava.synth import CLASS_NAMES, CLASSES
-
             labels = {c: CLASS_NAMES[c] for c in CLASSES}
         if isinstance(labels, Mapping):
             self.names = dict(labels)
@@ -237,7 +236,7 @@ class AnalyticTeacher:
         if "vqa" in self.tasks:
             for k, family in enumerate(rng.sample(VQA_FAMILIES, self.per_image)):
                 nums = Numbers()
-                answer = getattr(self, f"_{family}")(img, nums)
+                answer = self._ANSWERS[family](self, img, nums)
                 add("vqa", k, family, rng.choice(QUESTIONS[family]), answer, nums)
         if "classify" in self.tasks and cls is not None:
             candidates = list(self.names)
@@ -500,6 +499,13 @@ class AnalyticTeacher:
 
     def _applications(self, img: _Image, nums: Numbers) -> str:
         return self._fact_sentence(img, "applications") or self._generic_sentence(img, "applications")
+
+    _ANSWERS = {
+        "material": _material, "morphology": _morphology, "size": _size, "surface": _surface,
+        "composition": _composition, "boundaries": _boundaries, "context": _context, "imaging": _imaging,
+        "function": _function, "applications": _applications,
+    }
+    """VQA family → the method that answers it (one per ``QUESTIONS`` family)."""
 
 
 def _join(*sentences: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from slava.data.taxonomy import class_name
+
 PROMPT_VERSION = "analytic-1"
 """Changes whenever a wording below changes, so cached teacher output is redone."""
 
@@ -168,9 +170,7 @@ def label_name(label: str, names: Mapping[str, str] | None = None) -> str:
     """The human name of a class label: from ``names``, else the synthetic class names, else the label itself."""
     if names is not None and label in names:
         return names[label]
-    from slava.synth import CLASS_NAMES
-
-    return CLASS_NAMES.get(label, label.replace("_", " "))
+    return class_name(label)
 
 
 def classify_prompt(labels: Sequence[str], names: Mapping[str, str] | None = None) -> str:

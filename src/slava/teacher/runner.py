@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from slava.data.atomic import write_bytes_atomic
 from slava.data.records import JsonlAppender, iter_json_lines, validate_record
 
 POOL_MIN_IMAGES = 64
@@ -204,12 +205,7 @@ def _drop_records(path: Path, keys: set[str]) -> None:
                 key = None
             if key not in keys:
                 kept.append(raw)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.writelines(kept)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, b"".join(kept))
 
 
 def _file_key(path: str, source: str) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from slava.data.atomic import fsync_path, write_atomic, write_text_atomic
 from slava.errors import SlavaError
 
 _NAME = re.compile(r"^ckpt-(\d{6})-step(\d+)$")
@@ -44,40 +45,10 @@ class Checkpoint:
     meta: dict
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors file written beside its final name, fsynced, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 class CheckpointManager:
@@ -118,10 +89,10 @@ class CheckpointManager:
             torch.save(state, tmp / "state.pt")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             for name in ("weights.safetensors", "state.pt", "meta.json"):
-                _fsync_file(tmp / name)
-            _fsync_dir(tmp)
+                fsync_path(tmp / name)
+            fsync_path(tmp)
             os.replace(tmp, final)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
             write_text_atomic(self.root / "latest", final.name + "\n")
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)

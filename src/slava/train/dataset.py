@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from slava.data.chat import IGNORE_INDEX, IMAGE_TOKEN, ChatFormatError, encode
+from slava.data.records import resolve_image
+from slava.model.pixels import to_model_pixels
 
 log = logging.getLogger("slava.train")
 
@@ -50,14 +50,6 @@ class SkipReport:
         if self.counts:
             parts = ", ".join(f"{n} {r} (e.g. {self.examples[r]})" for r, n in sorted(self.counts.items()))
             log.warning("%s: skipped %d records: %s", what, sum(self.counts.values()), parts)
-
-
-def to_model_pixels(pixels: np.ndarray, size: int) -> torch.Tensor:
-    """A grey micrograph [H, W] in [0, 1] as the model input [1, size, size] (antialiased resize)."""
-    t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return t[0].clamp_(0.0, 1.0)
 
 
 class ImageStore:
@@ -98,12 +90,6 @@ class ImageStore:
         if path in self._images:
             return self._images[path]
         return self._load(path)
-
-
-def resolve_image(record: dict, root: Path) -> str:
-    """Absolute path of a record's image (relative paths are relative to the records file)."""
-    path = Path(record["image"])
-    return str(path if path.is_absolute() else (root / path).resolve())
 
 
 def _strip_image(conversations: list[dict]) -> list[dict]:

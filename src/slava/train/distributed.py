@@ -80,12 +80,3 @@ def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op alone)."""
     if info.distributed:
         dist.barrier()
-
-
-def broadcast_object(obj: T, info: DistInfo) -> T:
-    """Rank 0's ``obj`` on every process."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

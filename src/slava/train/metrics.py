@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from slava.data.records import JsonlAppender, iter_json_lines
-from slava.train.checkpoint import write_text_atomic
+from slava.data.atomic import write_text_atomic
 
 
 def truncate_after(path: Path, step: int) -> None:

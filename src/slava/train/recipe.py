@@ -16,10 +16,8 @@ import yaml
 
 from slava.config import ConfigError, from_dict, to_dict
 from slava.hardware import PrecisionSetting, ThreadSetting
-from slava.model.config import ModelConfig
+from slava.model.config import STAGES, ModelConfig
 from slava.train.augment import AugmentConfig
-
-STAGES = ("base", "align", "instruct")
 
 RENAMED = {"bf16": "precision: auto | fp32 | bf16 | fp16"}
 """Recipe keys that were replaced, and what replaced them."""
@@ -29,7 +27,7 @@ RENAMED = {"bf16": "precision: auto | fp32 | bf16 | fp16"}
 class StageConfig:
     """One training stage."""
 
-    name: Literal["base", "align", "instruct"]
+    name: Literal[STAGES]  # type: ignore[valid-type]
     """`base`: the tiny LM on the corpus text (tokenizer trained first), all LM
     parameters (and the projector when `images` is on); `align`: the projector on captions, LM frozen; `instruct`:
     experts, routers, projector (and top tower blocks if configured) on all tasks."""

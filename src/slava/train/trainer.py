@@ -25,23 +25,25 @@ import os
 import re
 import resource
 import time
-from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from slava.config import ConfigError, to_dict
 from slava.data.chat import IGNORE_INDEX, render_text
-from slava.data.records import read_records
+from slava.data.records import read_records, resolve_image
+from slava.data.run_labels import SUMMARY_FILE, label_vocabulary
 from slava.errors import SlavaError
 from slava.hardware import choose_precision, describe_run, use_threads
+from slava.model.loss import token_cross_entropy
 from slava.train import distributed as D
 from slava.train.augment import choose_variants, degrade, variant_seed
-from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic, write_text_atomic
-from slava.train.dataset import Example, ImageStore, build_examples, collate, resolve_image, split_records, target_tokens
+from slava.data.atomic import write_text_atomic
+from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic
+from slava.train.dataset import Example, ImageStore, build_examples, collate, split_records, target_tokens
 from slava.train.metrics import MetricsLog, load_entropy, truncate_after
-from slava.train.recipe import Recipe, recipe_to_yaml
+from slava.train.recipe import Recipe, StageConfig, recipe_to_yaml
 from slava.train.schedule import make_scheduler
 
 log = logging.getLogger("slava.train")
@@ -60,25 +62,33 @@ def _peak_memory_mb(device: torch.device) -> dict:
     return out
 
 
-def label_vocabulary(records: list[dict]) -> dict:
-    """Class labels the training data exposed: ``meta.class`` values and class names found in answers.
+@dataclass
+class _Stage:
+    """What every step of one stage shares (``Trainer._begin_stage``)."""
 
-    The zero-shot evaluation reads this to tell unseen classes from seen ones.
-    """
-    try:
-        from slava.synth import CLASS_NAMES
-    except ImportError:
-        CLASS_NAMES = {}
-    meta_classes = Counter(str(c) for r in records if (c := (r.get("meta") or {}).get("class")) is not None)
-    names = set(CLASS_NAMES) | set(CLASS_NAMES.values()) | set(meta_classes)
-    patterns = {n: re.compile(r"\b" + re.escape(n.replace("_", " ")) + r"\b", re.I) for n in names}
-    in_answers: Counter = Counter()
-    for rec in records:
-        text = " ".join(t.get("value", "") for t in rec["conversations"][1::2])
-        for name, pat in patterns.items():
-            if pat.search(text):
-                in_answers[name] += 1
-    return {"meta_classes": dict(sorted(meta_classes.items())), "class_names_in_answers": dict(sorted(in_answers.items()))}
+    index: int
+    config: StageConfig
+    examples: list[Example]
+    val_examples: list[Example]
+    features: dict[tuple[str, int], torch.Tensor] | None
+    text_only: bool
+    per_step: int
+    """Examples per optimizer step (batch size x accumulation)."""
+    steps_per_epoch: int
+    total: int
+    start: int
+    """First step to run (after a resumed checkpoint)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable: dict[str, torch.nn.Parameter]
+    rank_gen: torch.Generator
+    net: torch.nn.Module
+    """The model, wrapped in DDP under torchrun."""
+    autocast: contextlib.AbstractContextManager
+    routed: bool
+    """Experts with a router are attached (their losses and load are logged)."""
+    summary: dict
+    load_sum: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class Trainer:
@@ -158,7 +168,7 @@ class Trainer:
             self.stage_summaries = ckpt.meta.get("stage_summaries", {})
             first = ckpt.meta["completed_stages"]
             for i in range(first):
-                self._prepare(model, i)
+                model.prepare_stage(self.recipe.stages[i].name, images=self._uses_images(i))
                 self._load_weights(model, self._stage_product(i), f"stage {i} product")
             if ckpt.meta["in_stage"]:
                 resume_state = ckpt
@@ -176,12 +186,6 @@ class Trainer:
     def _uses_images(self, i: int) -> bool:
         stage = self.recipe.stages[i]
         return stage.images if stage.images is not None else stage.name != "base"
-
-    def _prepare(self, model, i: int) -> None:
-        """``prepare_stage``, plus the projector in a base stage that sees images."""
-        model.prepare_stage(self.recipe.stages[i].name)
-        if self.recipe.stages[i].name == "base" and self._uses_images(i):
-            model.projector.requires_grad_(True)
 
     def _stage_product(self, i: int) -> Path:
         return self.out / "stages" / f"{i}-{self.recipe.stages[i].name}.safetensors"
@@ -226,14 +230,13 @@ class Trainer:
 
     # -- one stage -----------------------------------------------------------------
 
-    def _run_stage(self, model, index: int, ckpt: Checkpoint | None) -> None:
-        from slava.model.mope import expert_usage, reset_expert_usage, sample_rank, set_rank
-
+    def _begin_stage(self, model, index: int, ckpt: Checkpoint | None) -> _Stage:
+        """Examples, cached features, step budget, optimizer and schedule of one stage, restored from ``ckpt`` if given."""
         stage = self.recipe.stages[index]
         info, recipe = self.info, self.recipe
-        self._prepare(model, index)
-        model.train()
         text_only = not self._uses_images(index)
+        model.prepare_stage(stage.name, images=not text_only)
+        model.train()
         autocast = self.precision.autocast(info.device.type)
         common = dict(
             root=self.root, tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
@@ -259,7 +262,6 @@ class Trainer:
         optimizer = self._optimizer(model, index)
         scheduler = make_scheduler(optimizer, total, stage.warmup_ratio)
         trainable = self._trainable(model)
-        params = list(trainable.values())
         rank_gen = torch.Generator().manual_seed(recipe.seed * 7919 + index)
         start = 0
         if ckpt is not None:
@@ -276,94 +278,112 @@ class Trainer:
             net = DistributedDataParallel(
                 model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
             )
-        mope = recipe.model.mope
-        routed = model.adapted and mope.num_experts > 1
         summary = {"examples": len(train_ex), "val_examples": len(val_ex), "skipped": dict(skipped.counts), "steps": total}
         self.stage_summaries[stage.name] = summary
-        load_sum: dict[int, torch.Tensor] = {}
+        return _Stage(
+            index=index, config=stage, examples=train_ex, val_examples=val_ex, features=features, text_only=text_only,
+            per_step=per_step, steps_per_epoch=steps_per_epoch, total=total, start=start, optimizer=optimizer,
+            scheduler=scheduler, trainable=trainable, rank_gen=rank_gen, net=net, autocast=autocast,
+            routed=model.adapted and recipe.model.mope.num_experts > 1, summary=summary,
+        )
 
+    def _run_stage(self, model, index: int, ckpt: Checkpoint | None) -> None:
+        """Every remaining step of one stage, validation at each epoch end, checkpoints, then the stage's product."""
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=start, desc=f"{stage.name}", disable=not self.progress, dynamic_ncols=True)
+        st = self._begin_stage(model, index, ckpt)
+        bar = tqdm(total=st.total, initial=st.start, desc=st.config.name, disable=not self.progress, dynamic_ncols=True)
         perm_cache: dict[int, tuple[list[int], int, list[int]]] = {}
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            epoch, position = divmod(step, steps_per_epoch)
+        row = None
+        for step in range(st.start, st.total):
+            epoch, position = divmod(step, st.steps_per_epoch)
             if epoch not in perm_cache:
-                perm, perm_seed = self._permutation(index, epoch, len(train_ex))
-                views = [0] * len(train_ex) if text_only else choose_variants(recipe.augment, perm_seed, len(train_ex))
+                perm, perm_seed = self._permutation(index, epoch, len(st.examples))
+                views = [0] * len(st.examples) if st.text_only else choose_variants(self.recipe.augment, perm_seed, len(st.examples))
                 perm_cache = {epoch: (perm, perm_seed, views)}
             perm, perm_seed, views = perm_cache[epoch]
-            rank = sample_rank(mope, rank_gen) if model.adapted else None
-            set_rank(model, rank)
-            if routed:
-                reset_expert_usage(model)
-            first = position * per_step
-            micro = [perm[first + m * stage.batch_size : first + (m + 1) * stage.batch_size] for m in range(stage.grad_accum)]
-            global_tokens = sum(target_tokens(train_ex[j]) for idx in micro for j in idx)
-            sums = [0.0, 0.0, 0.0, 0.0]  # ce sum, balance, z, tokens seen (padding excluded)
-            for m, idx in enumerate(micro):
-                mine = D.shard(idx, info)
-                batch = self._batch([train_ex[j] for j in mine], model, features, [views[j] for j in mine])
-                sync = m == stage.grad_accum - 1 or not info.distributed
-                with contextlib.nullcontext() if sync else net.no_sync():
-                    with autocast:
-                        out = net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
-                                  tower_tokens=batch.get("tower_tokens"))
-                    ce_sum = F.cross_entropy(
-                        out.logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
-                        ignore_index=IGNORE_INDEX, reduction="sum",
-                    )
-                    # DDP averages gradients over processes; scaling by world size turns that into a sum.
-                    loss = ce_sum * (info.world_size / global_tokens)
-                    if routed:
-                        loss = loss + (mope.balance_weight * out.balance_loss + mope.z_weight * out.z_loss) / stage.grad_accum
-                    loss.backward()
-                sums[0] += ce_sum.item()
-                sums[1] += float(out.balance_loss.detach()) / stage.grad_accum
-                sums[2] += float(out.z_loss.detach()) / stage.grad_accum
-                sums[3] += float(batch["attention_mask"].sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip if stage.grad_clip > 0 else math.inf)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.global_step += 1
+            row = self._step(model, st, perm[position * st.per_step : (position + 1) * st.per_step], views)
+            row.update(stage_step=step + 1, epoch=epoch)
+            self._log_step(model, st, row, bar)
 
-            ce_sum, balance, z, tokens = D.all_reduce_sum(sums, info)
-            ce = ce_sum / global_tokens
-            balance, z = balance / info.world_size, z / info.world_size
-            elapsed = time.perf_counter() - t0
-            row = {
-                "step": self.global_step, "stage": stage.name, "stage_step": step + 1, "epoch": epoch,
-                "loss": ce + (mope.balance_weight * balance + mope.z_weight * z if routed else 0.0),
-                "ce": ce, "balance": balance, "z": z, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens / elapsed, "step_s": elapsed, "expert_rank": rank,
-            }
-            if routed:
-                row["expert_entropy"], counts = self._expert_load(expert_usage(model), info)
-                for layer, c in counts.items():
-                    load_sum[layer] = load_sum.get(layer, 0) + c
-            self.metrics.write(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-
-            last = step == total - 1
-            if position == steps_per_epoch - 1 or last:
-                val = self._validate(model, val_ex, stage.batch_size, autocast, features)
-                extra = {"expert_load": {str(k): (v / v.sum()).tolist() for k, v in sorted(load_sum.items())}} if load_sum else {}
-                self.metrics.write({"step": self.global_step, "stage": stage.name, "epoch": epoch, "val_loss": val, **extra})
-                summary["val_loss"] = val
-                model.train()
-            if not last and self.global_step % recipe.checkpoint_every == 0:
-                self._checkpoint(trainable, index, step + 1, True, optimizer, scheduler, rank_gen,
+            last = step == st.total - 1
+            if position == st.steps_per_epoch - 1 or last:
+                self._end_epoch(model, st, epoch)
+            if not last and self.global_step % self.recipe.checkpoint_every == 0:
+                self._checkpoint(st.trainable, index, step + 1, True, st.optimizer, st.scheduler, st.rank_gen,
                                  {"epoch": epoch, "position": position + 1, "perm_seed": perm_seed})
         bar.close()
-        summary["final_loss"] = row["loss"] if total > start else summary.get("final_loss")
-        if info.is_main:
+        st.summary["final_loss"] = row["loss"] if row is not None else st.summary.get("final_loss")
+        if self.info.is_main:
             (self.out / "stages").mkdir(exist_ok=True)
-            save_tensors_atomic(dict(trainable), self._stage_product(index))
+            save_tensors_atomic(dict(st.trainable), self._stage_product(index))
         self._checkpoint({}, index + 1, 0, False, None, None, None, {})
+
+    def _step(self, model, st: _Stage, chosen: list[int], views: list[int]) -> dict:
+        """One optimizer step over the examples ``chosen`` (all micro-batches, all processes); returns its metrics row."""
+        info, stage, mope = self.info, st.config, self.recipe.model.mope
+        t0 = time.perf_counter()
+        rank = model.sample_rank(st.rank_gen)
+        model.set_rank(rank)
+        if st.routed:
+            model.reset_expert_usage()
+        micro = [chosen[m * stage.batch_size : (m + 1) * stage.batch_size] for m in range(stage.grad_accum)]
+        global_tokens = sum(target_tokens(st.examples[j]) for idx in micro for j in idx)
+        sums = [0.0, 0.0, 0.0, 0.0]  # ce sum, balance, z, tokens seen (padding excluded)
+        for m, idx in enumerate(micro):
+            mine = D.shard(idx, info)
+            batch = self._batch([st.examples[j] for j in mine], model, st.features, [views[j] for j in mine])
+            sync = m == stage.grad_accum - 1 or not info.distributed
+            with contextlib.nullcontext() if sync else st.net.no_sync():
+                with st.autocast:
+                    out = st.net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
+                                 tower_tokens=batch.get("tower_tokens"))
+                ce_sum = token_cross_entropy(out.logits, batch["labels"], reduction="sum")
+                # DDP averages gradients over processes; scaling by world size turns that into a sum.
+                loss = ce_sum * (info.world_size / global_tokens)
+                if st.routed:
+                    loss = loss + (mope.balance_weight * out.balance_loss + mope.z_weight * out.z_loss) / stage.grad_accum
+                loss.backward()
+            sums[0] += ce_sum.item()
+            sums[1] += float(out.balance_loss.detach()) / stage.grad_accum
+            sums[2] += float(out.z_loss.detach()) / stage.grad_accum
+            sums[3] += float(batch["attention_mask"].sum())
+        params = list(st.trainable.values())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip if stage.grad_clip > 0 else math.inf)
+        lr = st.optimizer.param_groups[0]["lr"]
+        st.optimizer.step()
+        st.scheduler.step()
+        st.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+        ce_sum, balance, z, tokens = D.all_reduce_sum(sums, info)
+        ce = ce_sum / global_tokens
+        balance, z = balance / info.world_size, z / info.world_size
+        elapsed = time.perf_counter() - t0
+        return {
+            "step": self.global_step, "stage": stage.name,
+            "loss": ce + (mope.balance_weight * balance + mope.z_weight * z if st.routed else 0.0),
+            "ce": ce, "balance": balance, "z": z, "lr": lr, "grad_norm": float(grad_norm),
+            "tokens_per_s": tokens / elapsed, "step_s": elapsed, "expert_rank": rank,
+        }
+
+    def _log_step(self, model, st: _Stage, row: dict, bar) -> None:
+        """Expert load of the step (routed stages), then the row to metrics.jsonl and the progress bar."""
+        if st.routed:
+            row["expert_entropy"], counts = self._expert_load(model.expert_usage(), self.info)
+            for layer, c in counts.items():
+                st.load_sum[layer] = st.load_sum.get(layer, 0) + c
+        self.metrics.write(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+
+    def _end_epoch(self, model, st: _Stage, epoch: int) -> None:
+        """Validation loss and the epoch's expert load, logged and kept in the stage summary."""
+        val = self._validate(model, st.val_examples, st.config.batch_size, st.autocast, st.features)
+        extra = {"expert_load": {str(k): (v / v.sum()).tolist() for k, v in sorted(st.load_sum.items())}} if st.load_sum else {}
+        self.metrics.write({"step": self.global_step, "stage": st.config.name, "epoch": epoch, "val_loss": val, **extra})
+        st.summary["val_loss"] = val
+        model.train()
 
     def _expert_load(self, usage: dict[str, list[int]], info: D.DistInfo) -> tuple[list[float], dict[int, torch.Tensor]]:
         """Mean normalised load entropy per decoder layer, and summed counts per layer (all processes)."""
@@ -422,12 +442,10 @@ class Trainer:
     def _validate(self, model, examples: list[Example], batch_size: int, autocast,
                   features: dict[tuple[str, int], torch.Tensor] | None) -> float | None:
         """Mean per-token loss over the validation examples, at full expert rank (sharded over processes)."""
-        from slava.model.mope import set_rank
-
         if not examples:
             return None
         model.eval()
-        set_rank(model, None)
+        model.set_rank(None)
         mine = examples[self.info.rank :: self.info.world_size]
         ce_sum = tokens = 0.0
         for i in range(0, len(mine), batch_size):
@@ -435,11 +453,8 @@ class Trainer:
             with autocast:
                 out = model(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
                             tower_tokens=batch.get("tower_tokens"))
-            labels = batch["labels"][:, 1:]
-            ce_sum += F.cross_entropy(
-                out.logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-            ).item()
-            tokens += float((labels != IGNORE_INDEX).sum())
+            ce_sum += token_cross_entropy(out.logits, batch["labels"], reduction="sum").item()
+            tokens += float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         ce_sum, tokens = D.all_reduce_sum([ce_sum, tokens], self.info)
         return ce_sum / max(tokens, 1.0)
 
@@ -487,8 +502,7 @@ class Trainer:
         }
         if self.info.is_main:
             model.save(self.out)
-            write_text_atomic(self.out / "train_summary.json", json.dumps(summary, indent=1) + "\n")
-            write_text_atomic(self.out / "train_records.json", json.dumps(summary["labels"], indent=1) + "\n")
+            write_text_atomic(self.out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
             plot_run(self.out)
         D.barrier(self.info)
         return summary

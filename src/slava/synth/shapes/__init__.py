@@ -56,18 +56,6 @@ def substrate(rng: np.random.Generator, shape: tuple[int, int], roughness: float
     return h
 
 
-def stamp_max(canvas: np.ndarray, patch: np.ndarray, y0: int, x0: int) -> None:
-    """Write ``patch`` into ``canvas`` at (y0, x0) taking the pointwise max, clipped to the canvas."""
-    h, w = canvas.shape
-    ph, pw = patch.shape
-    ya, xa = max(y0, 0), max(x0, 0)
-    yb, xb = min(y0 + ph, h), min(x0 + pw, w)
-    if ya >= yb or xa >= xb:
-        return
-    sub = patch[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    np.maximum(canvas[ya:yb, xa:xb], sub, out=canvas[ya:yb, xa:xb])
-
-
 def draw_tubes(
     shape: tuple[int, int],
     paths: list[np.ndarray],

@@ -5,6 +5,7 @@ dynamic vs fixed rank, int8 / 4-bit / no quantization of the base, load
 balancing on/off, one plain LoRA instead of experts). Every variant trains
 with the same ``steps`` cap per stage on the same records, then is scored on
 the same test images: closed-set classification and caption METEOR.
+It sits above both training and evaluation, which know nothing of each other.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ VARIANTS: dict[str, dict] = {
     "float base (no quantization)": {"model.quant.bits": 0},
     "no balance loss": {"model.mope.balance_weight": 0.0},
 }
-"""Variant name → recipe overrides (``slava train --set`` keys)."""
+"""Variant name → recipe overrides (the keys `--set` takes when training)."""
 
 
 def run_ablations(recipe: str | Path, records: str | Path, out: str | Path, steps: int = 40, limit: int | None = 40,

@@ -1,0 +1,22 @@
+"""Fixtures shared across test files: the session's tiny trained run and the training tests' tiny records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_train_fixtures import make_dataset
+from tiny_run import make_tiny_run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny student trained once per session through the real training API (``tiny_run.make_tiny_run``)."""
+    return make_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """records.jsonl of 12 images × 3 tasks, 2 images held out as val."""
+    return make_dataset(tmp_path_factory.mktemp("traindata"))
