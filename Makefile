@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench browser clean
+.PHONY: demo test bench browser ocr clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,17 +13,21 @@ $(STAMP): pyproject.toml
 	$(PY) scripts/install_wordnet.py
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) ocr
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
 
-test: $(STAMP) browser
+test: $(STAMP) browser ocr
 	$(PY) -m pytest
 
 # The web-page test drives Debian's headless Chromium through chromedriver.
 browser:
 	@command -v chromedriver >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-bench: $(STAMP)
+# Data-bar labels (scale bar, Mag, EHT, WD) are read with Debian's Tesseract OCR.
+ocr:
+	@command -v tesseract >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null; }
+
+bench: $(STAMP) ocr
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:

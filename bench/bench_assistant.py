@@ -90,6 +90,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from slava.assistant import Assistant
     from slava.assistant.screen import screen
+    from slava.model.generate import GenerationConfig
     from slava.model.mope import TARGETS
     from slava.synth import write_dataset
 
@@ -127,7 +128,7 @@ def main() -> int:
         def ours() -> float:
             with torch.inference_mode():
                 start = time.perf_counter()
-                out = model.generate(pixels, [prompt], max_new_tokens=n_new)[0]
+                out = model.generate(pixels, [prompt], GenerationConfig(max_new_tokens=n_new))[0]
                 return len(out) / (time.perf_counter() - start)
 
         eos = model.tokenizer.eos_id

@@ -19,6 +19,7 @@ from slava.data.chat import user_turn
 from slava.measure import measure
 from slava.teacher.prompts import MEASURE_QUESTIONS, classify_answer, classify_prompt
 
+from reference_scoring import plain_scores
 from tiny_run import TINY_CLASSES, tiny_images
 
 
@@ -69,11 +70,13 @@ def test_zero_shot_probabilities_are_the_models_label_scores(assistant, images):
     probs = [p for _, p in result.ranked]
     assert result.mode == "zero_shot" and sorted(label for label, _ in result.ranked) == assistant.labels
     assert sum(probs) == pytest.approx(1.0, abs=1e-5) and probs == sorted(probs, reverse=True)
-    # The cached, batched scoring must equal the model's own one-image scoring.
+    # The cached, batched scoring must equal a plain full-sequence forward's.
     tok, model = assistant.tokenizer, assistant.model
     prompt = assistant._prompt([user_turn(classify_prompt(assistant.labels))])
     answers = [tok.encode(f" {classify_answer(label)}") + [tok.eos_id] for label in assistant.labels]
-    reference = torch.softmax(torch.tensor(model.score_continuations(assistant.pixels([assistant.prepare(image)]), prompt, answers)), 0)
+    with torch.no_grad():
+        embeds = model.encode_images(assistant.pixels([assistant.prepare(image)]))
+    reference = torch.softmax(plain_scores(model, embeds, prompt, answers)[0], 0)
     assert dict(result.ranked) == pytest.approx(dict(zip(assistant.labels, reference.tolist())), abs=1e-5)
 
 

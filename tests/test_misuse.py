@@ -318,6 +318,7 @@ def test_ask_gives_no_nm_for_an_uncalibrated_image(tiny_run, tmp_path, capsys):
 
 def test_generation_stops_when_asked(tiny_run, tmp_path):
     from slava.assistant import Assistant
+    from slava.model.generate import GenerationConfig
 
     assistant = Assistant.load(tiny_run)
     noise_folder(tmp_path, n=1)
@@ -328,7 +329,7 @@ def test_generation_stops_when_asked(tiny_run, tmp_path):
         return len(calls) >= 3
 
     answer = assistant.chat(tmp_path / "a" / "img0.png", [{"from": "human", "value": "Describe the image."}],
-                            max_new_tokens=200, should_stop=stop)
+                            GenerationConfig(max_new_tokens=200), should_stop=stop)
     assert answer.finish_reason == "cancelled" and answer.tokens <= 3
 
 

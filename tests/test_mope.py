@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from slava.model.fast_llama import FrozenLinears
 from slava.model.mope import (
-    FrozenLinears,
     MoPEConfig,
     MoPELinear,
     adapter_parameters,

@@ -104,3 +104,16 @@ def test_screen_command(tiny_run, folder, tmp_path):
     assert summary["processed"] == 14 and summary["errors"] == 2 and summary["labels"] == ["particles", "fibres"]
     frame = pd.read_csv(out)
     assert set(frame["label"].dropna()) <= {"particles", "fibres"} and frame["particle_count"].isna().all()
+
+
+def test_caption_column_holds_the_assistants_caption(tiny_run, folder):
+    from slava.assistant import Assistant
+    from slava.assistant.screen import decode_one, finish_rows
+
+    assistant = Assistant.load(tiny_run, device="cpu")
+    rels = [f"{cls}/{next((folder / cls).iterdir()).name}" for cls in TINY_CLASSES[:2]]
+    batch = [decode_one((str(folder), rel, assistant.model.image_size, False)) for rel in rels]
+    rows = finish_rows(assistant, batch, list(TINY_CLASSES), caption=True)
+    for rel, row in zip(rels, rows):
+        assert row["error"] is None and row["caption"]
+        assert row["caption"] == assistant.caption(folder / rel, max_new_tokens=96).text

@@ -388,3 +388,18 @@ def test_worker_batches_by_key_and_isolates_failures():
     assert results == [1, 4, 9, 25, "negative", 16, 81]
     assert all(len({p % 2 for p in batch}) == 1 and len(batch) <= 3 for batch in seen)
     assert worker.largest_batch == 3 and worker.waiting == 0
+
+
+def test_overlay_route_draws_the_measurement(server, images):
+    import numpy as np
+    from PIL import Image
+
+    r = httpx.post(f"{server}/v1/overlay", headers=auth(), json={"image": data_url(images["particles"])})
+    assert r.status_code == 200, r.text
+    p = r.json()
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(p["image"].split(",", 1)[1]))).convert("RGB"))
+    # The whole frame as written, bar included, with the bar box drawn in blue and outlines in green.
+    assert png.shape[:2] == (192, 192) and p["data_bar"] is not None
+    x0, y0, x1, y1 = p["data_bar"]
+    assert tuple(png[y0, x0 + 5]) == (60, 140, 255)
+    assert ((png == (40, 220, 60)).all(axis=2)).sum() > 20

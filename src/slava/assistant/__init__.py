@@ -6,6 +6,7 @@ import os
 
 from slava.assistant.assistant import MODES, Answer, Assistant, AssistantError, Classification, trained_labels
 from slava.assistant.images import ImageInput, to_micrograph
+from slava.model.generate import GenerationConfig
 
 DEFAULT_RUN = "runs/tiny-cpu"
 """Run directory used when neither ``--run`` nor ``SLAVA_RUN`` names one."""
@@ -17,6 +18,6 @@ def default_run() -> str:
 
 
 __all__ = [
-    "Answer", "Assistant", "AssistantError", "Classification", "DEFAULT_RUN", "ImageInput", "MODES",
+    "Answer", "Assistant", "AssistantError", "Classification", "DEFAULT_RUN", "GenerationConfig", "ImageInput", "MODES",
     "default_run", "to_micrograph", "trained_labels",
 ]

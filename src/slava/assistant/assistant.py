@@ -11,7 +11,6 @@ measurement toolkit, not by the model (``grounding``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,15 +26,13 @@ from slava.data.chat import IMAGE_TOKEN, encode, user_turn
 from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
 from slava.hardware import choose_precision
-from slava.io import Micrograph
+from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
+from slava.model.generate import GenerationConfig
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
 
 MODES = ("prototype", "in_context")
 """Few-shot modes of ``Assistant.classify``."""
-
-_ROWS_PER_FORWARD = 256
-"""Sequences per scoring forward: bounds memory when many images × labels are scored together."""
 
 
 class AssistantError(SlavaError):
@@ -107,7 +104,6 @@ class Assistant:
         self.device = torch.device(device)
         self.run_dir = run_dir
         self.precision = choose_precision(precision, self.device)
-        self._prefix_cache: tuple | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
@@ -139,8 +135,10 @@ class Assistant:
     # -- images -----------------------------------------------------------------
 
     def prepare(self, image: ImageInput, pixel_size_nm: float | None = None) -> Micrograph:
-        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped)."""
-        return to_micrograph(image, pixel_size_nm)
+        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped, its text read)."""
+        micrograph = to_micrograph(image, pixel_size_nm)
+        read_instrument(micrograph)
+        return micrograph
 
     def pixels(self, micrographs: Sequence[Micrograph]) -> torch.Tensor:
         """Model input [B,1,S,S] for micrographs, on the assistant's device."""
@@ -154,26 +152,20 @@ class Assistant:
 
     def ask(self, image: ImageInput, question: str, max_new_tokens: int = 128, strategy: str = "greedy") -> Answer:
         """Answer one question about ``image``; counting and size questions are measured."""
-        return self.chat(image, [user_turn(question)], max_new_tokens=max_new_tokens, strategy=strategy)
+        return self.chat(image, [user_turn(question)], GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy))
 
-    def chat(
-        self,
-        image: ImageInput,
-        turns: Sequence[dict],
-        max_new_tokens: int = 128,
-        strategy: str = "greedy",
-        top_p: float = 0.9,
-        temperature: float = 1.0,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> Answer:
+    def chat(self, image: ImageInput, turns: Sequence[dict], config: GenerationConfig | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Answer:
         """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
 
-        ``top_p`` and ``temperature`` apply to ``strategy="top_p"`` sampling only.
+        ``config`` says how to decode; None is ``GenerationConfig(max_new_tokens=128)``.
         ``should_stop`` is asked between generated tokens (the server's "client
         gone"); True ends the answer there with ``finish_reason`` "cancelled".
         On an image with no calibration, sentences stating a length in nm (which
         the model can only invent) are replaced by a note saying so.
         """
+        if config is None:
+            config = GenerationConfig(max_new_tokens=128)
         start = time.perf_counter()
         turns = [dict(t) for t in turns]
         if not turns or turns[-1].get("from") != "human":
@@ -187,11 +179,8 @@ class Assistant:
             return self._grounded(micrograph, kind, start)
         prompt = self._prompt(turns)
         with self.inference():
-            out = self.model.generate(
-                self.pixels([micrograph]), [prompt], max_new_tokens=max_new_tokens, strategy=strategy, top_p=top_p,
-                temperature=temperature, should_stop=should_stop,
-            )[0]
-        finish = "length" if len(out) >= max_new_tokens else "stop"
+            out = self.model.generate(self.pixels([micrograph]), [prompt], config, should_stop=should_stop)[0]
+        finish = "length" if len(out) >= config.max_new_tokens else "stop"
         if should_stop is not None and should_stop():
             finish = "cancelled"
         return Answer(
@@ -215,8 +204,8 @@ class Assistant:
         micrograph = self.prepare(image)
         with self.inference():
             out = self.model.generate(
-                self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])], max_new_tokens=max_new_tokens,
-                strategy=strategy,
+                self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])],
+                GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy),
             )[0]
         return Answer(
             text=self._calibrated_text(micrograph, self.tokenizer.decode(out).strip()), tokens=len(out),
@@ -283,65 +272,10 @@ class Assistant:
         answers = [self.tokenizer.encode(f" {classify_answer(label)}") + [self.tokenizer.eos_id] for label in labels]
         with self.inference():
             embeds = self.model.encode_images(pixels.to(self.device))
-            scores = self._score(embeds, prompt, answers)
+            scores = self.model.score_continuations(embeds, prompt, answers)
         probs = F.softmax(scores, dim=-1)
         each = (time.perf_counter() - start) / max(len(probs), 1)
         return [_ranked(labels, p, "zero_shot", each) for p in probs]
-
-    def _prefix(self, prompt: list[int]) -> tuple[int, object]:
-        """Length and KV cache of the image-independent start of ``prompt`` (system text), computed once."""
-        first_image = prompt.index(self.tokenizer.image_id)
-        key = tuple(prompt[:first_image])
-        if self._prefix_cache is None or self._prefix_cache[0] != key:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.model.lm.config)
-            ids = torch.tensor([key], device=self.device)
-            self.model.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-            self._prefix_cache = (key, cache)
-        return len(key), self._prefix_cache[1]
-
-    def _score(self, image_embeds: torch.Tensor, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
-        """Mean log-probability per token [B, L] of each continuation after each image's prompt.
-
-        The system text is run once and cached; each image's prompt runs once;
-        only the short continuations are repeated per label.
-        """
-        n_labels = len(continuations)
-        chunk = max(1, _ROWS_PER_FORWARD // n_labels)
-        return torch.cat([
-            self._score_chunk(image_embeds[i : i + chunk], prompt, continuations) for i in range(0, len(image_embeds), chunk)
-        ])
-
-    def _score_chunk(self, image_embeds: torch.Tensor, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
-        lm, dev = self.model.lm, self.device
-        b, n_labels = image_embeds.shape[0], len(continuations)
-        n_prefix, prefix = self._prefix(prompt)
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(b)
-        rest = torch.tensor([prompt[n_prefix:]] * b, device=dev)
-        embeds = self.model.embed(rest, image_embeds)
-        total = len(prompt)
-        positions = torch.arange(n_prefix, total, device=dev).expand(b, -1)
-        mask = torch.ones((b, total), dtype=torch.long, device=dev)
-        last = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                  logits_to_keep=1).logits[:, -1].float()
-        cache.batch_repeat_interleave(n_labels)
-        width = max(len(c) for c in continuations)
-        ids = torch.full((n_labels, width), self.tokenizer.pad_id, dtype=torch.long, device=dev)
-        cont_mask = torch.zeros((n_labels, width), dtype=torch.long, device=dev)
-        for j, c in enumerate(continuations):
-            ids[j, : len(c)] = torch.tensor(c)
-            cont_mask[j, : len(c)] = 1
-        ids, cont_mask = ids.repeat(b, 1), cont_mask.repeat(b, 1)
-        mask = torch.cat([torch.ones((b * n_labels, total), dtype=torch.long, device=dev), cont_mask], dim=1)
-        positions = torch.arange(total, total + width, device=dev).expand(b * n_labels, -1)
-        logits = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits.float()
-        # Token 0 of each continuation is predicted by the prompt's last position, token t by continuation t-1.
-        logits = torch.cat([last.repeat_interleave(n_labels, dim=0)[:, None], logits[:, :-1]], dim=1)
-        logp = F.log_softmax(logits, dim=-1).gather(2, ids[:, :, None]).squeeze(2)
-        mean = (logp * cont_mask).sum(dim=1) / cont_mask.sum(dim=1)
-        return mean.view(b, n_labels)
 
     def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
         with self.inference():
@@ -374,5 +308,5 @@ class Assistant:
         with self.inference():
             embeds = self.model.encode_images(self.pixels([m for _, m in order] + [micrograph]))
             embeds = embeds.reshape(1, -1, embeds.shape[-1])
-            probs = F.softmax(self._score(embeds, prompt, answers)[0], dim=-1)
+            probs = F.softmax(self.model.score_continuations(embeds, prompt, answers)[0], dim=-1)
         return _ranked(labels, probs, "in_context", 0.0)

@@ -17,7 +17,7 @@ from slava.teacher.prompts import measure_kind
 
 GROUNDED_KINDS = (
     "particle_count", "mean_diameter", "coverage", "fibre_count", "mean_width", "orientation",
-    "pore_fraction", "mean_pore_size", "ligament_width", "pitch", "pixel_size", "field_width",
+    "pore_fraction", "mean_pore_size", "ligament_width", "pitch", "pixel_size", "field_width", "instrument",
 )
 """The ``measure_kind``s the toolkit answers; other kinds (apex radius, gap…) stay with the model."""
 
@@ -43,6 +43,10 @@ _RULES: tuple[tuple[str, str], ...] = (
 _COMPILED = tuple((re.compile(p, re.I), kind) for p, kind in _RULES)
 
 
+_INSTRUMENT = re.compile(r"magnification|accelerating voltage|beam energy|\bkV\b|\bEHT\b|working distance|detector|"
+                         r"which signal|when was (?:it|this|the image) (?:taken|acquired|recorded)", re.I)
+
+
 _PHYSICAL_LENGTH = re.compile(
     r"\d[\d.,]*\s*(?:nm|µm|μm|um|mm|nanomet(?:re|er)s?|micromet(?:re|er)s?|microns?)\b", re.I)
 UNCALIBRATED_NOTE = "The image carries no calibration, so no size in nm can be given."
@@ -64,6 +68,8 @@ def without_unknown_lengths(text: str) -> tuple[str, bool]:
 
 def grounded_kind(question: str) -> str | None:
     """The measurement that answers ``question``, or None when the model should answer it."""
+    if _INSTRUMENT.search(question):
+        return "instrument"
     kind = measure_kind(question)
     if kind is not None:
         return kind if kind in GROUNDED_KINDS else None
@@ -165,17 +171,34 @@ def _calibration(m: Measurements, kind: str) -> tuple[str, dict] | None:
             {"field_width_nm": _num(m.field_width)})
 
 
+def _instrument(m: Measurements, kind: str) -> tuple[str, dict] | None:
+    inst = m.instrument
+    if not inst or inst.get("problem"):
+        why = inst["problem"] if inst and inst.get("problem") else "the image has no readable data bar"
+        return f"The instrument settings are not known: {why}.", {}
+    said, numbers = [], {}
+    for name, text in (("magnification", "a magnification of {:g}×"), ("hv_kv", "{:g} kV"),
+                       ("wd_mm", "a working distance of {:g} mm"), ("detector", "the {} detector"),
+                       ("date", "on {}")):
+        if inst.get(name) is not None:
+            said.append(text.format(inst[name]))
+            numbers[name] = inst[name]
+    if not said:
+        return "The data bar gives no instrument settings that could be read.", {}
+    return "The data bar says it was taken at " + ", ".join(said) + ".", numbers
+
+
 _ANSWER: dict[str, Callable[[Measurements, str], tuple[str, dict] | None]] = {
     "particle_count": _particles, "mean_diameter": _particles, "coverage": _particles,
     "fibre_count": _fibres, "mean_width": _fibres, "orientation": _fibres,
     "pore_fraction": _pores, "pore_count": _pores, "mean_pore_size": _pores, "ligament_width": _pores,
-    "pitch": _pitch, "pixel_size": _calibration, "field_width": _calibration,
+    "pitch": _pitch, "pixel_size": _calibration, "field_width": _calibration, "instrument": _instrument,
 }
 KIND_NEEDS = {
     "particle_count": "particles", "mean_diameter": "particles", "coverage": "particles",
     "fibre_count": "fibres", "mean_width": "fibres", "orientation": "fibres",
     "pore_fraction": "pores", "pore_count": "pores", "mean_pore_size": "pores", "ligament_width": "pores",
-    "pitch": "periodicity", "pixel_size": None, "field_width": None,
+    "pitch": "periodicity", "pixel_size": None, "field_width": None, "instrument": None,
 }
 """The ``slava.measure`` kind each grounded question needs (None: calibration only)."""
 

@@ -153,6 +153,8 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
     """Classify (and caption) the decoded images of one batch; return complete rows."""
     import torch
 
+    from slava.model.generate import GenerationConfig
+
     good = [r for r in batch if "pixels" in r]
     if good:
         pixels = torch.from_numpy(np.stack([r.pop("pixels") for r in good]))
@@ -168,7 +170,8 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
         if caption and results:
             prompt = assistant._prompt([_caption_turn()])
             with assistant.inference():
-                out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good), max_new_tokens=96)
+                out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good),
+                                               GenerationConfig(max_new_tokens=96))
             for r, ids in zip(good, out):
                 r["caption"] = assistant.tokenizer.decode(ids).strip()
     return [{c: r.get(c) for c in COLUMNS} for r in batch]

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def inspect(args: argparse.Namespace) -> int:
     """Load ``args.file`` and print its summary."""
-    m = read_image(args, args.file, args.pixel_size, scale_bar_nm=args.scale_bar_nm)
+    m = read_image(args, args.file, args.pixel_size, scale_bar_nm=args.scale_bar_nm, read_bar=True)
+    inst = m.instrument
     height, width = m.original_shape
     summary = {
         "path": m.path,
@@ -43,6 +44,8 @@ def inspect(args: argparse.Namespace) -> int:
         "scale_bar_box": list(m.scale_bar_box) if m.scale_bar_box else None,
         "scale_bar_nm": m.scale_bar_nm,
         "field_width_nm": m.to_nm(m.width),
+        "masked": list(m.masked) if m.masked else None,
+        "instrument": inst.to_dict() if inst else None,
         "pages": int(m.metadata.get("pages") or 1),
         "page": int(m.metadata.get("page") or 0) + 1,
         "downscale": m.metadata.get("downscale", 1.0),
@@ -55,7 +58,8 @@ def inspect(args: argparse.Namespace) -> int:
         pixel = f"{m.pixel_size_nm:.4g} nm/px (from {m.pixel_size_source}); field width {m.to_nm(m.width):.4g} nm"
     bar = "none found"
     if m.data_bar:
-        bar = f"box {tuple(m.data_bar)}, cropped to {m.width}x{m.height}"
+        kept = "masked in place" if m.masked else f"cropped to {m.width}x{m.height}"
+        bar = f"box {tuple(m.data_bar)}, {kept}"
     scale = "none found"
     if m.scale_bar_px is not None:
         scale = f"{m.scale_bar_px:.1f} px, box {tuple(m.scale_bar_box)}"
@@ -71,7 +75,30 @@ def inspect(args: argparse.Namespace) -> int:
         ("pixel size", pixel),
         ("data bar", bar),
         ("scale bar", scale),
+        *_instrument_lines(inst),
         ("sha256", m.sha256),
     ):
         print(f"{key:<11} {value}")
     return 0
+
+
+_LABELS = {"scale_bar_label": "bar label", "magnification": "mag", "hv_kv": "HV", "wd_mm": "WD",
+           "detector": "detector", "hfw_um": "field", "pixel_size_nm": "bar px", "date": "date"}
+
+
+def _instrument_lines(inst) -> list[tuple[str, str]]:
+    """One (key, value) line per field the data bar gave, with its source."""
+    if inst is None:
+        return []
+    if inst.problem:
+        return [("bar text", inst.problem)]
+    lines = []
+    for name, label in _LABELS.items():
+        value = getattr(inst, name)
+        if value is None:
+            continue
+        units = {"magnification": "{:g} x", "hv_kv": "{:g} kV", "wd_mm": "{:g} mm", "hfw_um": "{:g} µm",
+                 "pixel_size_nm": "{:.4g} nm/px"}
+        shown = units[name].format(value) if name in units else str(value)
+        lines.append((label, f"{shown}  ({inst.sources.get(name, '')})"))
+    return lines

@@ -14,6 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("image", help="image file (TIFF, PNG, JPEG)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size in nm (overrides metadata)")
     p.add_argument("--json", action="store_true", help="print the full measurements as JSON")
+    p.add_argument("--overlay", metavar="PNG", help="write a PNG of what was counted, the data-bar box and the scale bar")
     add_page_arg(p)
     p.set_defaults(func=run)
 
@@ -29,8 +30,16 @@ def run(args: argparse.Namespace) -> int:
 
     from slava.measure import measure
 
+    from pathlib import Path
+
+    from slava.io import read_instrument
+    from slava.measure.overlay import render_overlay
+
     micrograph = read_image(args, args.image, args.pixel_size)
+    read_instrument(micrograph)
     m = measure(micrograph)
+    if args.overlay:
+        Path(args.overlay).write_bytes(render_overlay(micrograph))
     if args.json:
         print(json.dumps({"path": args.image, **m.to_dict()}))
         return 0
@@ -52,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if m.texture:
         t = m.texture
         lines.append(f"  texture     mean {t.mean_intensity:.2f}, std {t.std_intensity:.2f}, GLCM contrast {t.glcm_contrast:.3g}")
+    if micrograph.instrument is not None and micrograph.instrument.summary():
+        lines.append(f"  instrument  {micrograph.instrument.summary()}")
     lines += [f"  note: {n}" for n in m.notes]
+    if args.overlay:
+        lines.append(f"  overlay     {args.overlay}")
     print("\n".join(lines))
     return 0

@@ -1,6 +1,8 @@
 """Reading micrographs: formats, TIFF metadata, data-bar cropping, scale bars."""
 
+from slava.io.instrument import Instrument
 from slava.io.micrograph import Micrograph, MicrographError
+from slava.io.readbar import read_instrument
 from slava.io.readers import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -12,9 +14,11 @@ from slava.io.readers import (
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "Instrument",
     "Micrograph",
     "MicrographError",
     "load_micrograph",
     "load_micrograph_bytes",
     "micrograph_from_array",
+    "read_instrument",
 ]

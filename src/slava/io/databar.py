@@ -1,4 +1,11 @@
-"""Finding the instrument data bar: the band of text and scale bar under most SEM images.
+"""Finding the instrument data bar: the band of text and scale bar an SEM draws beside the image.
+
+Instruments put it in different places: a band along the bottom edge (FEI,
+Thermo, most Zeiss files), a band a little above the bottom edge with image
+rows under it (Zeiss and JEOL screen captures), a band along the top, or a
+side panel (TESCAN, Hitachi captures). Every place is searched with the one
+bottom-band test below, on the image turned so the place becomes its bottom
+edge; a band with image under it is found by first finding its lower edge.
 
 The band is found from row statistics, bottom up, and works for both
 polarities (light text on black, dark text on white) and for JPEG copies. Its
@@ -82,8 +89,8 @@ def _separator_rows(pixels: np.ndarray, band_top: int) -> int:
     return 0
 
 
-def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Box (x0, y0, x1, y1) of the data bar at the bottom of ``pixels`` ([H, W] in [0, 1]), or None."""
+def _bottom_band(pixels: np.ndarray) -> int | None:
+    """First row of a data band along the bottom edge of ``pixels`` ([H, W] in [0, 1]), or None."""
     h, w = pixels.shape
     if h < 32 or w < 32:
         return None
@@ -123,5 +130,84 @@ def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     if content.mean() < 0.002 or np.count_nonzero(content.any(axis=1)) < 2:
         return None
 
-    y0 = top + start - _separator_rows(pixels, top + start)
-    return (0, y0, w, h)
+    return top + start - _separator_rows(pixels, top + start)
+
+
+def _lower_edges(pixels: np.ndarray) -> list[int]:
+    """Rows in the bottom part of ``pixels`` where band-like padding stops over image rows.
+
+    A band's padding rows hold nearly all their pixels within ``TIGHT`` of
+    one value; the first image row under it holds far fewer near that value.
+    Up to ``MAX_SEPARATOR_ROWS`` uniform frame-line rows between the two
+    belong to the band. Returned strongest step first, at most four.
+    """
+    h = pixels.shape[0]
+    top = int(h * (1 - MAX_BAR_FRACTION))
+    steps: list[tuple[float, int]] = []
+    for y in range(max(top, 2), h - 2):
+        value = dominant_value(pixels[y - 1])
+        above = np.abs(pixels[y - 2 : y] - value)
+        if (above <= TIGHT).mean() < MIN_EDGE_BACKGROUND or np.median(above) > MAX_PAD_SPREAD:
+            continue
+        end = y
+        while end < min(h - 1, y + MAX_SEPARATOR_ROWS):
+            row = pixels[end]
+            if (np.abs(row - np.median(row)) <= SEPARATOR_TOL).mean() < SEPARATOR_UNIFORM:
+                break
+            end += 1
+        below = float((np.abs(pixels[end] - value) <= TIGHT).mean())
+        step = float((above[-1] <= TIGHT).mean()) - below
+        if step >= MIN_STEP and end < h - 1:
+            steps.append((step, end))
+    steps.sort(reverse=True)
+    return [end for _, end in steps[:4]]
+
+
+def find_data_bar(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Box (x0, y0, x1, y1) of the instrument data bar in ``pixels`` ([H, W] in [0, 1]), or None.
+
+    Searched in the order instruments use: along the bottom edge, as a
+    full-width band above the bottom edge with image rows under it, along
+    the top edge, then as a side panel on the right or the left.
+    """
+    h, w = pixels.shape
+    y0 = _bottom_band(pixels)
+    if y0 is not None:
+        return (0, y0, w, h)
+    for end in _lower_edges(pixels):
+        y0 = _bottom_band(pixels[:end])
+        # The band must leave image rows under it (else it is a bottom band).
+        if y0 is not None and h - end >= 2:
+            return (0, y0, w, end)
+    y0 = _bottom_band(pixels[::-1])
+    if y0 is not None:
+        return (0, 0, w, h - y0)
+    x0 = _bottom_band(pixels.T)
+    if x0 is not None:
+        return (x0, 0, w, h)
+    x0 = _bottom_band(pixels.T[::-1])
+    if x0 is not None:
+        return (0, 0, w - x0, h)
+    return None
+
+
+def image_box(shape: tuple[int, int], bar: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
+    """The largest rectangle of ``shape`` (H, W) that holds no data-bar pixel, as (x0, y0, x1, y1).
+
+    A bar along an edge is cropped away whole. A band with image rows on
+    both sides keeps the full frame: its rows are masked instead
+    (``Micrograph.masked``), so no image content is lost.
+    """
+    h, w = shape
+    if bar is None:
+        return (0, 0, w, h)
+    x0, y0, x1, y1 = bar
+    if (x0, x1) == (0, w):
+        if y1 == h:
+            return (0, 0, w, y0)
+        if y0 == 0:
+            return (0, y1, w, h)
+        return (0, 0, w, h)
+    if x1 == w:
+        return (0, 0, x0, h)
+    return (x1, 0, w, h)

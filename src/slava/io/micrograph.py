@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slava.errors import SlavaError
+
+if TYPE_CHECKING:
+    from slava.io.instrument import Instrument
 
 
 class MicrographError(SlavaError):
@@ -22,9 +26,14 @@ class MicrographError(SlavaError):
 class Micrograph:
     """A grey electron micrograph with its calibration.
 
-    ``pixels`` is the image area only (the instrument data bar cropped off),
-    float32 in [0, 1], shape [H, W]. Box coordinates are (x0, y0, x1, y1) in
+    ``pixels`` is the image area only, float32 in [0, 1], shape [H, W]: a
+    data bar along an edge is cropped off (``origin`` is where ``pixels``
+    starts in the original), and a band with image on both sides is kept
+    but blanked and listed in ``masked`` (a box in ``pixels``), which
+    measurements leave out. Other box coordinates are (x0, y0, x1, y1) in
     pixels of the original, uncropped image, x1/y1 exclusive.
+    ``bar_pixels`` keeps the data bar itself, so ``slava.io.read_instrument``
+    can read its text later into ``instrument``.
     """
 
     pixels: np.ndarray
@@ -40,6 +49,10 @@ class Micrograph:
     scale_bar_box: tuple[int, int, int, int] | None = None
     scale_bar_nm: float | None = None
     metadata: dict = field(default_factory=dict)
+    origin: tuple[int, int] = (0, 0)
+    masked: tuple[int, int, int, int] | None = None
+    bar_pixels: np.ndarray | None = field(default=None, repr=False)
+    instrument: Instrument | None = None
 
     @property
     def height(self) -> int:
@@ -48,6 +61,16 @@ class Micrograph:
     @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
+
+    @property
+    def valid(self) -> np.ndarray | None:
+        """Boolean [H, W] mask of the pixels that are image (False on a masked band), or None when all are."""
+        if self.masked is None:
+            return None
+        x0, y0, x1, y1 = self.masked
+        mask = np.ones(self.pixels.shape, dtype=bool)
+        mask[y0:y1, x0:x1] = False
+        return mask
 
     def to_nm(self, pixels: float) -> float | None:
         """A length in pixels as nm, or None when the pixel size is unknown."""

@@ -22,9 +22,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from slava.io.databar import find_data_bar
+from slava.io.databar import find_data_bar, image_box
 from slava.io.micrograph import Micrograph, MicrographError
-from slava.io.scalebar import find_scale_bar, read_scale_label_nm
+from slava.io.readbar import read_instrument
+from slava.io.scalebar import find_scale_bar
 from slava.io.tiff_meta import MAX_CALIBRATION_NM, tiff_pixel_sizes
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -375,6 +376,7 @@ def _build(
     crop_data_bar: bool,
     extra: dict[str, Any],
     sidecar_nm: float | None = None,
+    read_bar: bool | None = None,
 ) -> Micrograph:
     raw = decoded.raw
     name = path or extra.get("name", "array")
@@ -402,17 +404,29 @@ def _build(
     if pages > 1:
         extra["page_note"] = (f"{name}: the file holds {pages} pages; page {int(decoded.info.get('page', 0)) + 1} "
                               "was read (choose another with --page)")
-    if scale is not None and scale.length_px > 0:
-        if scale_bar_nm is None and not candidates:
-            scale_bar_nm = read_scale_label_nm(full, scale, bar_box)
-            if scale_bar_nm is not None:
-                extra["scale_bar_label"] = "tesseract"
-        if scale_bar_nm is not None:
-            candidates["scale-bar"] = float(scale_bar_nm) / scale.length_px
+    if scale is not None and scale.length_px > 0 and scale_bar_nm is not None:
+        candidates["scale-bar"] = float(scale_bar_nm) / scale.length_px
     source = next((s for s in _SOURCE_ORDER if s in candidates), None)
 
-    pixels = full[: bar_box[1]] if (crop_data_bar and bar_box is not None) else full
-    return Micrograph(
+    origin, masked = (0, 0), None
+    if crop_data_bar and bar_box is not None:
+        x0, y0, x1, y1 = image_box(full.shape, bar_box)
+        pixels = full[y0:y1, x0:x1]
+        origin = (x0, y0)
+        if (x1 - x0, y1 - y0) == (full.shape[1], full.shape[0]):
+            # A band with image above and below: kept in place, blanked to the image's median grey.
+            pixels = pixels.copy()
+            bx0, by0, bx1, by1 = bar_box
+            outside = np.ones(full.shape, dtype=bool)
+            outside[by0:by1, bx0:bx1] = False
+            pixels[by0:by1, bx0:bx1] = float(np.median(full[outside]))
+            masked = bar_box
+    else:
+        pixels = full
+    bar_pixels = None
+    if bar_box is not None:
+        bar_pixels = full[bar_box[1] : bar_box[3], bar_box[0] : bar_box[2]].copy()
+    micrograph = Micrograph(
         pixels=np.ascontiguousarray(pixels),
         path=path,
         sha256=sha256,
@@ -426,7 +440,15 @@ def _build(
         scale_bar_box=scale.box if scale else None,
         scale_bar_nm=float(scale_bar_nm) if scale_bar_nm is not None else None,
         metadata={"format": decoded.fmt, "pixel_size_candidates": candidates, **decoded.info, **extra},
+        origin=origin,
+        masked=masked,
+        bar_pixels=bar_pixels,
     )
+    # Without a pixel size from the caller or the file, the bar's label is the only one left:
+    # read it now. Otherwise it is read when asked for (``read_instrument``), as OCR costs ~0.5 s.
+    if read_bar is True or (read_bar is None and source is None and scale is not None):
+        read_instrument(micrograph)
+    return micrograph
 
 
 def load_micrograph(
@@ -435,6 +457,7 @@ def load_micrograph(
     scale_bar_nm: float | None = None,
     crop_data_bar: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    read_bar: bool | None = None,
     page: int = 0,
     max_work_pixels: int = MAX_WORK_PIXELS,
 ) -> Micrograph:
@@ -443,7 +466,10 @@ def load_micrograph(
     Pixel size comes from ``pixel_size_nm`` when given, else from Zeiss or FEI
     metadata, tifffile's resolution tags, a sidecar ``<file>.json`` /
     ``<stem>.json`` with ``pixel_size_nm``, or the scale bar when
-    ``scale_bar_nm`` is given; ``pixel_size_source`` names the one used. Any
+    ``scale_bar_nm`` is given or OCR reads the bar's label;
+    ``pixel_size_source`` names the one used. ``read_bar`` True reads the
+    data bar's text with Tesseract now (``Micrograph.instrument``), False
+    never, None (default) only when no other pixel size is known. Any
     problem with the file raises ``MicrographError`` naming it. Images over
     ``max_pixels`` are refused from their header; Pillow also refuses non-TIFF
     images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` whatever ``max_pixels`` says.
@@ -479,6 +505,7 @@ def load_micrograph(
         crop_data_bar=crop_data_bar,
         extra={"sidecar_problem": problem} if problem else {},
         sidecar_nm=sidecar,
+        read_bar=read_bar,
     )
 
 
@@ -489,6 +516,7 @@ def load_micrograph_bytes(
     scale_bar_nm: float | None = None,
     crop_data_bar: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    read_bar: bool | None = None,
     page: int = 0,
     max_work_pixels: int = MAX_WORK_PIXELS,
 ) -> Micrograph:
@@ -505,6 +533,7 @@ def load_micrograph_bytes(
         scale_bar_nm=scale_bar_nm,
         crop_data_bar=crop_data_bar,
         extra={"name": name},
+        read_bar=read_bar,
     )
 
 
@@ -514,6 +543,7 @@ def micrograph_from_array(
     crop_data_bar: bool = True,
     path: str | None = None,
     scale_bar_nm: float | None = None,
+    read_bar: bool | None = None,
 ) -> Micrograph:
     """A ``Micrograph`` from a numpy array ([H, W] grey or [H, W, C] colour) or a PIL image,
     normalised and cropped exactly as files are. ``sha256`` hashes the pixel samples."""
@@ -546,4 +576,5 @@ def micrograph_from_array(
         scale_bar_nm=scale_bar_nm,
         crop_data_bar=crop_data_bar,
         extra={},
+        read_bar=read_bar,
     )

@@ -1,13 +1,9 @@
-"""Measuring the scale bar inside a data bar, and reading its label when tesseract is installed."""
+"""Measuring the scale bar inside a data bar (its label is read by ``slava.io.readbar``)."""
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -53,35 +49,61 @@ def _tick_centre(fg: np.ndarray, cols: range, rows: range, limit: int) -> float 
     return float(np.mean(ticks)) if ticks else None
 
 
+def _segments(fg: np.ndarray, min_len: int) -> list[tuple[int, int, int, int]]:
+    """Thin horizontal strokes (top, bottom, start, stop) in ``fg``: a run of foreground repeated
+    (±1 px at each end) over consecutive rows, clear of the band's edges.
+
+    A run touching the left or right edge, or a stroke on the band's first or
+    last row, is a frame or table line, not a scale bar.
+    """
+    h, width = fg.shape
+    runs = [[(a, b) for a, b in _runs(fg[r]) if min_len <= b - a < MAX_RUN_FRACTION * width and a > 0 and b < width]
+            for r in range(h)]
+    segments = []
+    for r in range(h):
+        for start, stop in runs[r]:
+            if r > 0 and any(abs(a - start) <= 1 and abs(b - stop) <= 1 for a, b in runs[r - 1]):
+                continue  # not the stroke's first row
+            bottom = r + 1
+            while bottom < h and any(abs(a - start) <= 1 and abs(b - stop) <= 1 for a, b in runs[bottom]):
+                bottom += 1
+            if r == 0 or bottom == h:
+                continue
+            inner = slice(start + (stop - start) // 4, stop - (stop - start) // 4)
+            # A stroke with text or lines hugging it over its middle is part of a glyph or a box.
+            if fg[r - 1, inner].mean() > 0.3 or fg[bottom, inner].mean() > 0.3:
+                continue
+            segments.append((r, bottom, start, stop))
+    return segments
+
+
+def _merge_halves(segments: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """FEI/Thermo bars are drawn as two strokes with the label between them: join strokes on the
+    same rows whose gap is shorter than the strokes together."""
+    merged = list(segments)
+    for i, (t1, b1, s1, e1) in enumerate(segments):
+        for t2, b2, s2, e2 in segments[i + 1 :]:
+            if abs(t1 - t2) <= 1 and abs(b1 - b2) <= 1 and (e1 < s2 or e2 < s1):
+                lo, hi = (s1, e2) if e1 < s2 else (s2, e1)
+                gap = (s2 - e1) if e1 < s2 else (s1 - e2)
+                if gap < (e1 - s1) + (e2 - s2) and abs((e1 - s1) - (e2 - s2)) <= 0.25 * max(e1 - s1, e2 - s2):
+                    merged.append((min(t1, t2), max(b1, b2), lo, hi))
+    return merged
+
+
 def find_scale_bar(pixels: np.ndarray, bar_box: tuple[int, int, int, int]) -> ScaleBar | None:
-    """The scale bar in ``bar_box`` of ``pixels``: the longest thin horizontal run of
-    pixels that contrast with the band background; None if there is none."""
+    """The scale bar in ``bar_box`` of ``pixels``: the longest thin horizontal stroke (or pair of
+    strokes around a label) that contrasts with the band background; None if there is none."""
     x0, y0, x1, y1 = bar_box
     region = pixels[y0:y1, x0:x1]
-    if region.size == 0:
+    if region.size == 0 or min(region.shape) < 3:
         return None
     fg = np.abs(region - dominant_value(region)) > CONTRAST
-    width = region.shape[1]
-    min_len = max(8, int(0.02 * width))
-    best: tuple[int, int, int] | None = None  # (row, start, stop)
-    for r in range(region.shape[0]):
-        for start, stop in _runs(fg[r]):
-            length = stop - start
-            if min_len <= length < MAX_RUN_FRACTION * width and (best is None or length > best[2] - best[1]):
-                best = (r, start, stop)
-    if best is None:
+    min_len = max(8, int(0.02 * max(region.shape[1], region.shape[0])))
+    segments = _merge_halves(_segments(fg, min_len))
+    if not segments:
         return None
-    r, start, stop = best
-
-    # Thickness: neighbouring rows with the same run (±1 px at each end).
-    def same_run(row: int) -> bool:
-        return any(abs(s - start) <= 1 and abs(e - stop) <= 1 for s, e in _runs(fg[row]))
-
-    top, bottom = r, r + 1
-    while top > 0 and same_run(top - 1):
-        top -= 1
-    while bottom < region.shape[0] and same_run(bottom):
-        bottom += 1
+    top, bottom, start, stop = max(segments, key=lambda s: (s[3] - s[2], -s[0]))
     rows = range(top, bottom)
     thickness = bottom - top
 
@@ -101,26 +123,3 @@ def parse_scale_label(text: str) -> float | None:
     if not match:
         return None
     return unit_to_nm(float(match.group(1).replace(",", ".")), match.group(2))
-
-
-def read_scale_label_nm(pixels: np.ndarray, bar: ScaleBar, bar_box: tuple[int, int, int, int]) -> float | None:
-    """The scale bar's label read with the ``tesseract`` program; None when it is not
-    installed or reads nothing usable. The label sits above, below or beside the bar."""
-    exe = shutil.which("tesseract")
-    if exe is None:
-        return None
-    from PIL import Image
-
-    bx0, by0, bx1, by1 = bar.box
-    span = bx1 - bx0
-    crop = pixels[bar_box[1] : bar_box[3], max(0, bx0 - span) : min(pixels.shape[1], bx1 + span)]
-    with tempfile.TemporaryDirectory() as tmp:
-        image_path = Path(tmp) / "label.png"
-        Image.fromarray((crop * 255).astype(np.uint8)).resize((crop.shape[1] * 3, crop.shape[0] * 3)).save(image_path)
-        try:
-            out = subprocess.run(
-                [exe, str(image_path), "stdout", "--psm", "6"], capture_output=True, text=True, timeout=30, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    return parse_scale_label(out.stdout)

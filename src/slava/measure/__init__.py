@@ -73,10 +73,14 @@ def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[s
         pixel_size_nm=size,
         unit="px" if size is None else "nm",
         notes=notes,
+        instrument=micrograph.instrument.to_dict() if micrograph.instrument is not None else None,
     )
     prep = prepare(pixels)
     if prep.scale > 1:
         notes.append(f"analysed at 1/{prep.scale:g} resolution; features under {2 * prep.scale:g} px are missed")
+    if micrograph.masked is not None:
+        notes.append("a data band inside the frame is masked; particles touching it are left out like edge-cut ones")
+        prep.invalid = _analysis_mask(~micrograph.valid, prep.flat.shape)
     if "particles" in kinds:
         result.particles = measure_particles(prep, size, notes)
     if "fibres" in kinds:
@@ -88,3 +92,11 @@ def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[s
     if "periodicity" in kinds:
         result.periodicity = measure_periodicity(prep, size, notes)
     return result
+
+
+def _analysis_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A micrograph-pixel mask at analysis resolution (a block is masked when any pixel in it is)."""
+    factor_y = int(np.ceil(mask.shape[0] / shape[0]))
+    factor_x = int(np.ceil(mask.shape[1] / shape[1]))
+    padded = np.pad(mask, ((0, shape[0] * factor_y - mask.shape[0]), (0, shape[1] * factor_x - mask.shape[1])))
+    return padded.reshape(shape[0], factor_y, shape[1], factor_x).any(axis=(1, 3))

@@ -319,9 +319,14 @@ def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[s
     ``border_count`` says how many there are.
     """
     labels, n = segment_particles(prep)
-    coverage = float((labels > 0).mean())
-    diameters = equivalent_diameters(labels, n) * prep.scale
     edge = border_labels(labels)
+    if prep.invalid is not None:
+        # The masked band cuts particles as the image edge does.
+        cut = np.unique(labels[ndi.binary_dilation(prep.invalid)])
+        edge = np.union1d(edge, cut[cut > 0])
+        labels = np.where(prep.invalid, 0, labels)
+    coverage = float((labels > 0).mean()) if prep.invalid is None else float((labels > 0)[~prep.invalid].mean())
+    diameters = equivalent_diameters(labels, n) * prep.scale
     interior = np.ones(n, dtype=bool)
     interior[edge - 1] = False
     sizes_px = diameters[interior]
@@ -333,6 +338,12 @@ def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[s
         notes.append(f"particles: {len(edge)} of {n} objects touch the image edge and are not counted")
     if coverage > 0.6:
         notes.append(f"particles: the bright phase covers {coverage:.0%}; this may be a film, not particles")
+    if len(sizes_px) >= 3 and float(np.median(sizes_px)) < 4.0:
+        notes.append(f"particles: unreliable: median diameter {float(np.median(sizes_px)):.1f} px is under 4 px; "
+                     "image at a higher magnification")
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    if n and areas.max() > 0.4 * labels.size:
+        notes.append(f"particles: unreliable: one object fills {areas.max() / labels.size:.0%} of the field")
     return ParticleStats(
         count=int(interior.sum()),
         diameters_px=[round(float(d), 2) for d in sizes_px],

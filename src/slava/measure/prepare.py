@@ -42,6 +42,8 @@ class Prepared:
     image: np.ndarray
     flat: np.ndarray
     scale: float
+    invalid: np.ndarray | None = None
+    """Analysis pixels that are no image (a masked data band), or None."""
 
     @cached_property
     def noise(self) -> float:

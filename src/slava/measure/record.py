@@ -90,6 +90,8 @@ class Measurements:
     texture: TextureStats | None = None
     periodicity: PeriodicityStats | None = None
     notes: list[str] = field(default_factory=list)
+    instrument: dict | None = None
+    """The data bar's fields (``slava.io.Instrument.to_dict``) when they were read, else None."""
 
     @property
     def field_width(self) -> float | None:

@@ -29,13 +29,14 @@ from torch import nn
 
 from slava.config import ConfigError, from_dict, to_dict
 from slava.errors import SlavaError
-from slava.model import generate as gen
 from slava.model.config import STAGES, ModelConfig
+from slava.model.generate import GenerationConfig, evaluating, generate, left_pad
 from slava.model.language import build_language_model
 from slava.model.loss import token_cross_entropy
 from slava.model.mope import MoPELinear, attach_mopes, expert_usage, reset_expert_usage, router_losses, sample_rank, set_rank
 from slava.model.projector import Projector
 from slava.model.quant import quantize_from_config
+from slava.model.scoring import score_continuations
 from slava.model.tokenizer import SlavaTokenizer
 from slava.model.towers import VisionTower, build_tower
 
@@ -351,26 +352,35 @@ class SlavaModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self,
-        pixels: torch.Tensor | None,
-        input_ids: list[list[int]],
-        max_new_tokens: int = 64,
-        strategy: str = "greedy",
-        num_beams: int = 4,
-        top_p: float = 0.9,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        self, pixels: torch.Tensor | None, input_ids: list[list[int]], config: GenerationConfig | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[list[int]]:
-        """New tokens for each prompt (eos not included); see `slava.model.generate.generate`."""
-        return gen.generate(
-            self, pixels, input_ids, max_new_tokens, strategy, num_beams=num_beams, top_p=top_p,
-            temperature=temperature, generator=generator, should_stop=should_stop,
-        )
+        """New tokens for each prompt, end of turn not included; `slava.model.generate.generate` decodes.
+
+        `pixels` [B,1,H,W] pairs row b with prompt b (None for text-only prompts);
+        `config` defaults to `GenerationConfig()`. The `<image>` placeholder is never emitted.
+        `should_stop` is asked between tokens; True ends the answers there.
+        """
+        if not input_ids:
+            return []
+        device = self.lm.get_input_embeddings().weight.device
+        ids, mask = (t.to(device) for t in left_pad(input_ids, self.tokenizer.pad_id))
+        with evaluating(self):
+            embeds = self.embed(ids, None if pixels is None else self.encode_images(pixels))
+            return generate(self.lm, embeds, GenerationConfig() if config is None else config,
+                            eos_id=self.tokenizer.eos_id, mask=mask, banned_ids=[self.tokenizer.image_id],
+                            should_stop=should_stop)
 
     @torch.no_grad()
     def score_continuations(
-        self, pixels: torch.Tensor | None, prompt_ids: list[int], continuations: list[list[int]]
-    ) -> list[float]:
-        """Mean log-probability per token of each continuation after image + prompt (one batched forward)."""
-        return gen.score_continuations(self, pixels, prompt_ids, continuations)
+        self, image_embeds: torch.Tensor | None, prompt_ids: list[int], continuations: list[list[int]]
+    ) -> torch.Tensor:
+        """Mean log-probability per token [B, L] of each continuation after each image's prompt.
+
+        `image_embeds` [B, N, D] from `encode_images` fill the prompt's `<image>`
+        placeholders (None for a text-only prompt: B = 1). The system text before
+        the first image is computed once and cached; see `slava.model.scoring`.
+        """
+        with evaluating(self):
+            return score_continuations(self.lm, self.embed, image_embeds, prompt_ids, continuations,
+                                       image_id=self.tokenizer.image_id, pad_id=self.tokenizer.pad_id)

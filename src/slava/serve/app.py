@@ -382,6 +382,23 @@ def create_app(
         return {"object": "measurements", "model": model_name, "pixel_size_nm": micrograph.pixel_size_nm,
                 "measurements": finite(result.to_dict())}
 
+    @app.post("/v1/overlay")
+    async def overlay(request: Request):
+        """A PNG of what ``/v1/measure`` counted: particle outlines, the data-bar box, the scale bar and its reading."""
+        from slava.io import read_instrument
+        from slava.measure.overlay import render_overlay
+
+        data, name, fields = await read_image_request(request, max_upload_bytes)
+        micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
+        await asyncio.to_thread(read_instrument, micrograph)
+        png = await asyncio.to_thread(render_overlay, micrograph)
+        inst = micrograph.instrument
+        return {"object": "overlay", "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                "data_bar": list(micrograph.data_bar) if micrograph.data_bar else None,
+                "scale_bar_px": micrograph.scale_bar_px, "pixel_size_nm": micrograph.pixel_size_nm,
+                "pixel_size_source": micrograph.pixel_size_source,
+                "instrument": finite(inst.to_dict()) if inst else None}
+
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

@@ -65,6 +65,8 @@ class ChatResult:
 
 def answer_chat(assistant, call: ChatCall) -> ChatResult:
     """Run one chat call on the worker thread: count the prompt, fit the context, generate."""
+    from slava.model.generate import GenerationConfig
+
     tokenizer, model = assistant.tokenizer, assistant.model
     prompt, _ = encode(call.turns, tokenizer, model.num_image_tokens, add_generation_prompt=True)
     context = int(model.cfg.lm.max_len)
@@ -73,10 +75,9 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
                        f"{context} tokens: shorten the history", code="context_length_exceeded", param="messages")
     # As with OpenAI, max_tokens is an upper bound: the reply stops where the context ends.
     max_tokens = min(call.max_tokens, context - len(prompt))
-    answer = assistant.chat(
-        call.image, call.turns, max_new_tokens=max_tokens, strategy=call.strategy, top_p=call.top_p,
-        temperature=call.temperature, should_stop=call.cancel.is_set,
-    )
+    config = GenerationConfig(max_new_tokens=max_tokens, strategy=call.strategy, top_p=call.top_p,
+                              temperature=call.temperature)
+    answer = assistant.chat(call.image, call.turns, config, should_stop=call.cancel.is_set)
     completion = answer.tokens if answer.source == "model" else len(tokenizer.encode(answer.text))
     return ChatResult(answer, len(prompt), completion, max_tokens)
 

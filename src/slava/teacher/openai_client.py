@@ -365,6 +365,11 @@ class OpenAITeacher:
             nm = micrograph.pixel_size_nm
             about += f", {nm:.4g} nm per pixel (field width {w * nm:.4g} nm)"
         lines.append(about + ".")
+        from slava.io import read_instrument
+
+        inst = read_instrument(micrograph) if hasattr(micrograph, "bar_pixels") else None
+        if inst is not None and inst.summary():
+            lines.append(f"The instrument's data bar reads: {inst.summary()}.")
         if entry.label and not self.no_label_leak:
             lines.append(f"The sample is known to be: {entry.label}.")
         if "caption" in want:

@@ -217,6 +217,17 @@ function measurementRows(m) {
   return rows;
 }
 
+function instrumentText(inst) {
+  const parts = [];
+  if (inst.scale_bar_label) parts.push(`scale bar ${inst.scale_bar_label}`);
+  if (inst.magnification) parts.push(`Mag ${inst.magnification}×`);
+  if (inst.hv_kv !== null) parts.push(`HV ${inst.hv_kv} kV`);
+  if (inst.wd_mm !== null) parts.push(`WD ${inst.wd_mm} mm`);
+  if (inst.detector) parts.push(`detector ${inst.detector}`);
+  if (inst.pixel_size_nm !== null) parts.push(`${inst.pixel_size_nm.toPrecision(4)} nm/px from the scale bar`);
+  return parts.join(", ");
+}
+
 async function measure() {
   if (!state.image) return;
   const body = $("measurements").tBodies[0];
@@ -235,6 +246,11 @@ async function measure() {
       li.textContent = note;
       $("notes").append(li);
     }
+    const drawn = await api("/v1/overlay", { image: state.image });
+    $("overlay").src = drawn.image;
+    $("overlay").hidden = false;
+    const inst = drawn.instrument;
+    $("instrument").textContent = inst ? (inst.problem || instrumentText(inst)) : "";
   } catch (err) {
     $("measure-empty").hidden = false;
     $("measure-empty").textContent = err.message;
