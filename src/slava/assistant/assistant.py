@@ -83,6 +83,11 @@ class Classification:
         }
 
 
+def _needs_bar(micrograph: Micrograph) -> bool:
+    """Whether only the data bar's label can calibrate this micrograph."""
+    return micrograph.pixel_size_nm is None
+
+
 def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: float) -> Classification:
     order = probs.argsort(descending=True).tolist()
     return Classification([(labels[i], float(probs[i])) for i in order], mode, latency)
@@ -135,10 +140,13 @@ class Assistant:
     # -- images -----------------------------------------------------------------
 
     def prepare(self, image: ImageInput, pixel_size_nm: float | None = None) -> Micrograph:
-        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped, its text read)."""
-        micrograph = to_micrograph(image, pixel_size_nm)
-        read_instrument(micrograph)
-        return micrograph
+        """The ``Micrograph`` the assistant sees for ``image`` (data bar cropped, its text not yet read).
+
+        OCR of the bar costs 0.5-2 s an image, so it runs only where a stated
+        number depends on it: instrument questions, and measurements of an
+        image that has no calibration from the caller or its file (``_needs_bar``).
+        """
+        return to_micrograph(image, pixel_size_nm)
 
     def pixels(self, micrographs: Sequence[Micrograph]) -> torch.Tensor:
         """Model input [B,1,S,S] for micrographs, on the assistant's device."""
@@ -176,6 +184,8 @@ class Assistant:
         question = str(turns[-1]["value"]).replace(IMAGE_TOKEN, "").strip()
         kind = grounded_kind(question)
         if kind is not None:
+            if kind == "instrument" or _needs_bar(micrograph):
+                read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
         prompt = self._prompt(turns)
         with self.inference():
@@ -215,7 +225,10 @@ class Assistant:
 
     def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS) -> Measurements:
         """Classical measurements of ``image`` (nm where calibrated, else px)."""
-        return measure(self.prepare(image, pixel_size_nm), kinds=tuple(kinds))
+        micrograph = self.prepare(image, pixel_size_nm)
+        if _needs_bar(micrograph):
+            read_instrument(micrograph)
+        return measure(micrograph, kinds=tuple(kinds))
 
     # -- classification ---------------------------------------------------------
 

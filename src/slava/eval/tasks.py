@@ -256,11 +256,14 @@ def counting_task(assistant, items: Sequence[EvalItem], samples: int = 4) -> dic
 
 
 def shifted_items(items: Sequence[EvalItem], summary: dict, shift: str, out_dir: Path) -> list[EvalItem]:
-    """The synthetic twins of ``items`` (same class and image seed) rendered under ``shift``, as PNG files."""
-    from PIL import Image
+    """The synthetic twins of ``items`` (same class and image seed) rendered under ``shift``, as PNG files.
 
+    Each carries its pixel size in pHYs as the originals do, so reading it
+    never falls back to OCR of its data bar.
+    """
     from slava.eval.data import _truth_from_quantities
     from slava.synth import generate
+    from slava.synth.dataset import png_bytes
     from slava.synth.params import image_seed
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +273,6 @@ def shifted_items(items: Sequence[EvalItem], summary: dict, shift: str, out_dir:
         index = int(stem.rsplit("-", 1)[1])
         image, truth = generate(it.label, image_seed(summary["seed"], index), size=summary["size"], shift=shift)
         path = out_dir / f"{stem}.png"
-        Image.fromarray(image, mode="L").save(path)
+        path.write_bytes(png_bytes(image, truth["pixel_size_nm"]))
         out.append(EvalItem(str(path), it.label, "test", _truth_from_quantities(it.label, truth["quantities"])))
     return out
