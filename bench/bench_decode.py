@@ -35,7 +35,7 @@ def student(new_tokens: int):
     from slava.model import generate as gen
     from slava.model.config import LMConfig, ModelConfig
     from slava.model.generate import GenerationConfig
-    from slava.model.language import pretrained_dir
+    from slava.model.language import build_language_model, pretrained_dir
     from slava.model.tokenizer import from_pretrained_dir
     from slava.model.vlm import SlavaModel
     from slava.weights import gguf_base
@@ -48,6 +48,9 @@ def student(new_tokens: int):
     print(f"GGUF → HF directory ({what}): {time.perf_counter() - start:.1f} s  [{directory}]", flush=True)
     start = time.perf_counter()
     tok = from_pretrained_dir(directory)
+    build_language_model(cfg.lm, tok)
+    print(f"SmolLM2 loaded from the cache (tokenizer + float32 LM): {time.perf_counter() - start:.1f} s", flush=True)
+    start = time.perf_counter()
     model = SlavaModel.build(cfg, tok)
     model.prepare_stage("instruct")
     model.eval()
@@ -115,6 +118,27 @@ def llava(lm_config, targets: list[str], new_tokens: int, prompt_len: int):
     return run
 
 
+def int8_kernel_ratio(repeats: int = 5) -> float:
+    """Time of torch's fused int8 matmul over float32 `F.linear` for one token through SmolLM2's 30 layers."""
+    import torch.nn.functional as F
+
+    shapes = [(576 + 2 * 192, 576), (576, 576), (2 * 1536, 576), (576, 1536)]  # qkv, o, gate+up, down
+    floats = [torch.randn(o, i) for o, i in shapes] * 30
+    codes = [(torch.randint(-127, 128, (o, i), dtype=torch.int8), torch.rand(o)) for o, i in shapes] * 30
+    xs = {i: torch.randn(1, i) for _, i in shapes}
+    times = {"f32": [], "int8": []}
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        for w in floats:
+            F.linear(xs[w.shape[1]], w)
+        times["f32"].append(time.perf_counter() - begin)
+        begin = time.perf_counter()
+        for q, scale in codes:
+            torch._weight_int8pack_mm(xs[q.shape[1]], q, scale)
+        times["int8"].append(time.perf_counter() - begin)
+    return statistics.median(times["int8"]) / statistics.median(times["f32"])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--new-tokens", type=int, default=64)
@@ -141,6 +165,8 @@ def main() -> int:
     print(f"  HF LLaVA (fp32) + peft LoRA r=8       {c:6.1f} tok/s")
     print(f"  fast decoder over HF forward: {a / b:.2f}×; the default limit {'uses' if default else 'skips'} "
           f"the fast decoder for this LM")
+    print(f"  torch's fused int8 matmul over float32 F.linear, one token through 30 layers: {int8_kernel_ratio():.1f}× "
+          f"the time (why the decoder keeps float32 copies)")
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 from slava.data.chat import IGNORE_INDEX, encode, render_text, role_markers, user_turn
 from slava.model import generate as gen
 from slava.model.config import LMConfig, ModelConfig, MoPEConfig, QuantConfig, VisionConfig
-from slava.model.fast_llama import Decoder, Session
+from slava.model.fast_llama import MAX_DECODER_BYTES, Decoder, Session, decoder_bytes
 from slava.model.generate import GenerationConfig
 from slava.model.language import build_language_model
 from slava.model.mope import expert_usage, reset_expert_usage
@@ -273,3 +273,4 @@ def test_real_smollm2_from_the_wheel(monkeypatch):
     assert c.head_dim == 64 and c.rope_parameters["rope_theta"] == 100_000.0 and c.tie_word_embeddings
     assert lm.get_input_embeddings().weight.shape == (49153, 576) and lm.lm_head.weight is lm.get_input_embeddings().weight
     assert getattr(lm, "slava_gguf_sha256") == base.sha256
+    assert decoder_bytes(lm) <= MAX_DECODER_BYTES  # decodes on the fast decoder (bench/bench_decode.py: 4.3x HF's)

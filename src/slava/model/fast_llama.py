@@ -20,10 +20,14 @@ from torch import nn
 from slava.model.mope import MoPELinear
 from slava.model.quant import QuantizedLinear
 
-#: Largest float32 copy of an LM's linear weights `Decoder` makes. It pays where
-#: per-op overhead dominates (the tiny LM: ~15 MB); a larger LM is bandwidth-bound
-#: and better served by its quantized codes than by 4 bytes per weight.
-MAX_DECODER_BYTES = 512 * 2**20
+#: Largest float32 copy of an LM's linear weights `Decoder` makes (memory beside the
+#: quantized codes). It pays where per-op overhead dominates (the tiny LM: ~15 MB),
+#: and on SmolLM2-135M too (538 MB with its tied 49k-row head): on AMD EPYC, AVX2,
+#: 2 cores (2026-12-01) the int8 + MoPE student decoded 4.3x faster here than
+#: through HF's forward, which dequantizes every int8 weight at every step, and
+#: torch's fused int8 matmul (`_weight_int8pack_mm`) ran 6-12x slower than float32
+#: at its widths (bench/bench_decode.py). Beyond this an LM decodes through HF.
+MAX_DECODER_BYTES = 2 * 2**30
 
 
 class FrozenLinears:
@@ -111,6 +115,12 @@ class FrozenLinears:
             m.usage += torch.bincount(chosen[:, i].reshape(-1), minlength=m.num_experts).to(m.usage.device)
 
 
+def decoder_bytes(lm: nn.Module) -> int:
+    """Bytes of the float32 copy of `lm`'s linear weights (head included) a `Decoder` would hold."""
+    linears = [m for m in lm.modules() if isinstance(m, (nn.Linear, QuantizedLinear))]
+    return 4 * sum(m.in_features * m.out_features for m in linears)
+
+
 def _float_weight(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, QuantizedLinear):
         return layer.dequantize(torch.float32)
@@ -163,13 +173,12 @@ class Decoder:
     def build(cls, lm: nn.Module) -> "Decoder | None":
         """The decoder of `lm`, or None when `lm` is not a float32 Llama this class computes exactly."""
         cfg = lm.config
-        linears = [m for m in lm.modules() if isinstance(m, (nn.Linear, QuantizedLinear))]
         supported = (
             cfg.model_type == "llama"
             and cfg.hidden_act == "silu"
             and getattr(lm.model.rotary_emb, "rope_type", None) in ("default", "linear", "llama3")
             and lm.get_input_embeddings().weight.dtype == torch.float32
-            and 4 * sum(m.in_features * m.out_features for m in linears) <= MAX_DECODER_BYTES
+            and decoder_bytes(lm) <= MAX_DECODER_BYTES
         )
         if not supported:
             return None
