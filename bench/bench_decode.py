@@ -42,6 +42,11 @@ def student(new_tokens: int):
 
     cfg = ModelConfig(lm=LMConfig(kind="gguf"))
     start = time.perf_counter()
+    import transformers.models.llama.modeling_llama  # noqa: F401  (imports are timed apart from loading)
+    from transformers import AutoTokenizer  # noqa: F401
+
+    print(f"importing transformers' Llama and tokenizer modules: {time.perf_counter() - start:.1f} s", flush=True)
+    start = time.perf_counter()
     converted = (gguf_base.cache_root() / gguf_base.sha256_file(gguf_base.gguf_path(None))[:16]).is_dir()
     directory = pretrained_dir(cfg.lm)
     what = "cached" if converted else "converted"

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from slava.data.atomic import fsync_path
 from slava.errors import SlavaError
 from slava.weights.packaged import smollm2_gguf
 
@@ -100,6 +101,8 @@ def _convert_into(source: Path, sha: str, target: Path) -> None:
         _convert(source, tmp)
         info = {"gguf": str(source), "sha256": sha, "seconds": round(time.perf_counter() - start, 1)}
         (tmp / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        for f in (*tmp.iterdir(), tmp):  # on disk before the rename publishes them
+            fsync_path(f)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -108,6 +111,7 @@ def _convert_into(source: Path, sha: str, target: Path) -> None:
             # Another process (without the lock: another host on a shared cache) finished first: keep its copy.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    fsync_path(target.parent)
     conversions += 1
 
 
