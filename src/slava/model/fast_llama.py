@@ -23,9 +23,9 @@ from slava.model.quant import QuantizedLinear
 #: Largest float32 copy of an LM's linear weights `Decoder` makes (memory beside the
 #: quantized codes). It pays where per-op overhead dominates (the tiny LM: ~15 MB),
 #: and on SmolLM2-135M too (538 MB with its tied 49k-row head): on AMD EPYC, AVX2,
-#: 2 cores (2026-12-01) the int8 + MoPE student decoded 4.3x faster here than
+#: 2 cores (2026-12-01) the int8 + MoPE student decoded 3.5-4.4x faster here than
 #: through HF's forward, which dequantizes every int8 weight at every step, and
-#: torch's fused int8 matmul (`_weight_int8pack_mm`) ran 6-12x slower than float32
+#: torch's fused int8 matmul (`_weight_int8pack_mm`) ran 6-11x slower than float32
 #: at its widths (bench/bench_decode.py). Beyond this an LM decodes through HF.
 MAX_DECODER_BYTES = 2 * 2**30
 
