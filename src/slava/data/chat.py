@@ -9,11 +9,16 @@ tiny default tokenizer and for any Hugging Face base without new role tokens:
     {system}
 
     USER: <image>
+    Measured: {image context}
     {question}
     ASSISTANT: {answer}<eos>
     USER: {question 2}
     ASSISTANT: {answer 2}<eos>
 
+The image context (``slava.measure.context``: what the toolkit and the data
+bar give for the image) sits between the image and the question of the
+first human turn, as its own line starting ``Measured:``; ``user_turn`` is
+the one place that lays it out and ``question_of`` the one that reads it back.
 Only answer tokens and their closing end-of-sequence token are trained on.
 """
 
@@ -31,6 +36,18 @@ USER = "USER:"
 ASSISTANT = "ASSISTANT:"
 IGNORE_INDEX = -100
 ROLES = {"human": USER, "gpt": ASSISTANT}
+CONTEXT_PREFIX = "Measured:"
+"""First word of the image-context line of a human turn."""
+CHAT_FORMATS = ("plain", "chatml")
+
+
+def role_markers(chat_format: str = "plain") -> tuple[str, ...]:
+    """Text that opens or closes a turn in ``chat_format``: an answer must never contain it."""
+    if chat_format == "plain":
+        return (USER, ASSISTANT)
+    if chat_format == "chatml":
+        return ("<|im_start|>", "<|im_end|>", USER, ASSISTANT)
+    raise ValueError(f"unknown chat format {chat_format!r} (one of {', '.join(CHAT_FORMATS)})")
 
 
 class ChatTokenizer(Protocol):
@@ -90,9 +107,36 @@ def render_text(conversations: Sequence[dict], eos: str = "</s>", **kwargs) -> s
     return "".join(eos if s.eos else s.text for s in render(conversations, **kwargs))
 
 
-def user_turn(question: str, with_image: bool = True) -> dict:
-    """A human turn, with the image placeholder in front when ``with_image``."""
-    return {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}" if with_image else question}
+def user_turn(question: str, context: str | None = None, with_image: bool = True) -> dict:
+    """A human turn: the image placeholder (when ``with_image``), the image context line (when given), the question.
+
+    ``context`` is ``slava.measure.context.Context.text``; teachers, the
+    assistant, evaluation and the server all build the first turn here, so
+    the model sees the same bytes in training and at inference.
+    """
+    lines = [IMAGE_TOKEN] if with_image else []
+    if context:
+        if not context.startswith(CONTEXT_PREFIX) or "\n" in context:
+            raise ChatFormatError(f"an image context is one line starting {CONTEXT_PREFIX!r}, got {context!r}")
+        lines.append(context)
+    lines.append(question.strip())
+    return {"from": "human", "value": "\n".join(lines)}
+
+
+def split_human(value: str) -> tuple[str | None, str]:
+    """(image context or None, question) of a human turn's text; the image placeholder is dropped."""
+    context, rest = None, []
+    for line in str(value).replace(IMAGE_TOKEN, "\n").split("\n"):
+        if line.startswith(CONTEXT_PREFIX) and context is None:
+            context = line.strip()
+        elif line.strip():
+            rest.append(line.strip())
+    return context, "\n".join(rest)
+
+
+def question_of(value: str) -> str:
+    """The question of a human turn's text, without image placeholder or context line."""
+    return split_human(value)[1]
 
 
 def encode(

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from slava.data.taxonomy import class_name
 
-PROMPT_VERSION = "analytic-1"
+PROMPT_VERSION = "analytic-2"
 """Changes whenever a wording below changes, so cached teacher output is redone."""
 
 QUESTIONS: dict[str, tuple[str, ...]] = {
