@@ -36,7 +36,7 @@ from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
 from slava.measure.context import Context, micrograph_context, needs_bar
 from slava.model.generate import GenerationConfig
-from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
+from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt, is_classify_prompt
 
 MODES = ("prototype", "in_context")
 """Few-shot modes of ``Assistant.classify``."""
@@ -97,14 +97,17 @@ class Classification:
 _needs_bar = needs_bar
 
 
-def _with_context(turns: list[dict], context: Context) -> list[dict]:
+def with_context(turns: list[dict], context: Context) -> list[dict]:
     """``turns`` with the image's human turn rebuilt by ``user_turn``: image, context line, question.
 
-    A context line a client typed is replaced by the measured one.
+    A context line a client typed is replaced by the measured one; without an
+    image placeholder anywhere, the first turn is the image's. A classification
+    prompt keeps no context (``is_classify_prompt``).
     """
     out = [dict(t) for t in turns]
-    i = next(k for k, t in enumerate(out) if IMAGE_TOKEN in str(t.get("value", "")))
-    out[i]["value"] = user_turn(question_of(out[i]["value"]), context.text)["value"]
+    i = next((k for k, t in enumerate(out) if IMAGE_TOKEN in str(t.get("value", ""))), 0)
+    question = question_of(out[i]["value"])
+    out[i]["value"] = user_turn(question, None if is_classify_prompt(question) else context.text)["value"]
     return out
 
 
@@ -187,12 +190,14 @@ class Assistant:
         return self.chat(image, [user_turn(question)], GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy))
 
     def chat(self, image: ImageInput, turns: Sequence[dict], config: GenerationConfig | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Answer:
+             should_stop: Callable[[], bool] | None = None, context: Context | None = None) -> Answer:
         """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
 
         ``config`` says how to decode; None is ``GenerationConfig(max_new_tokens=128)``.
         ``should_stop`` is asked between generated tokens (the server's "client
         gone"); True ends the answer there with ``finish_reason`` "cancelled".
+        ``context`` is the image's ``micrograph_context`` when the caller already
+        has it (the server counts prompt tokens with it); None computes it.
         On an image with no calibration, sentences stating a length in nm (which
         the model can only invent) are replaced by a note saying so.
         """
@@ -211,8 +216,8 @@ class Assistant:
             if kind == "instrument" or _needs_bar(micrograph):
                 read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
-        context = micrograph_context(micrograph)
-        turns = _with_context(turns, context)
+        context = context or micrograph_context(micrograph)
+        turns = with_context(turns, context)
         asked = " ".join(question_of(t["value"]) for t in turns if t.get("from") == "human")
         return self._generate(micrograph, turns, config, context, asked, start, should_stop)
 
