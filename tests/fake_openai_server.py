@@ -41,7 +41,7 @@ def good_answer(body: dict) -> dict:
         if line.startswith("Measured:"):
             context = line
     found = re.search(r"(\d+) particles?, mean ([\d.]+) nm", context)
-    field = re.search(r"field ([\d.]+) x", context)
+    field = re.search(r"field ([\d.]+) nm wide", context)
     count, size = (int(found[1]), float(found[2])) if found else (None, None)
     return {
         "caption": f"Round particles scattered on a flat substrate, in a field {field[1] if field else 'of unknown'} nm wide.",

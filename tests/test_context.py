@@ -34,11 +34,11 @@ def _measurements(pixel_size_nm=2.44, notes=(), instrument=None):
 def test_context_states_calibration_counts_sizes_and_bar_fields_compactly():
     inst = {"magnification": 50000.0, "hv_kv": 5.0, "wd_mm": None, "detector": "InLens", "problem": None}
     ctx = image_context(_measurements(instrument=inst), calibration_source="fei")
-    assert ctx.text == ("Measured: pixel 2.44 nm (file); field 1250 x 937 nm; 37 particles, mean 41.3 nm, cover 23.1 %; "
+    assert ctx.text == ("Measured: pixel 2.44 nm (file); field 1250 nm wide; 37 particles, mean 41.3 nm, cover 23.1 %; "
                         "4 fibres, width 12 nm; Mag 50000x, 5 kV, InLens (bar)")
     # Pores over half the field are the majority phase and a weak pitch is no pattern: neither is stated.
     assert "pores" not in ctx.text and "pitch" not in ctx.text
-    assert ctx.numbers == {"pixel_size": 2.44, "field_width": 1250, "field_height": 937, "particle_count": 37,
+    assert ctx.numbers == {"pixel_size": 2.44, "field_width": 1250, "particle_count": 37,
                            "mean_diameter": 41.3, "coverage": 23.1, "fibre_count": 4, "mean_width": 12,
                            "magnification": 50000, "hv_kv": 5}
     # Each number is written once, by the answers' formatter, so an answer can quote it verbatim.
@@ -51,7 +51,7 @@ def test_uncalibrated_context_is_in_pixels_and_unreliable_kinds_are_left_out():
     notes = ["particles: unreliable: one object fills 88% of the field"]
     ctx = image_context(_measurements(pixel_size_nm=None, notes=notes))
     assert ctx.unit == "px" and "nm" not in ctx.text
-    assert ctx.text == "Measured: uncalibrated; field 512 x 384 px; 4 fibres, width 12 px"
+    assert ctx.text == "Measured: uncalibrated; field 512 px wide; 4 fibres, width 12 px"
     assert image_context(_measurements(pixel_size_nm=None, notes=notes)) == ctx  # pure
 
 
@@ -73,6 +73,7 @@ def test_invented_numbers_catches_a_planted_number_and_passes_context_numbers():
     assert invented_numbers("The mean diameter is 41.3 nm and the film is 85 nm thick.", ctx, question) == ["85"]
     # Formatting is normalised; a number written as a word is not a number; names with digits are not numbers.
     assert invented_numbers("A field 1,250 nm wide at 50,000x, 37.0 particles.", ctx, question) == []
+    assert invented_numbers("The field is 937 nm high.", ctx, question) == ["937"]
     assert invented_numbers("Three particles, seen with the SE2 detector.", ctx, question) == []
     assert invented_numbers("It spans 1250.5 nm.", ctx, question) == ["1250.5"]
     assert invented_numbers("Imaged at 10 kV.", ctx, "Was it 10 kV?") == []

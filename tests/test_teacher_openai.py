@@ -69,7 +69,7 @@ def test_fake_server_speaks_the_openai_protocol(server):
     client = openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["fake-vlm"]
     url = encode_image(np.zeros((8, 8), np.float32))
-    text = "Describe.\nMeasured: field 16 x 16 nm; 12 particles, mean 3 nm, cover 5 %"
+    text = "Describe.\nMeasured: field 16 nm wide; 12 particles, mean 3 nm, cover 5 %"
     content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
     reply = client.chat.completions.create(
         model="fake-vlm", messages=[{"role": "system", "content": "s"}, {"role": "user", "content": content}]

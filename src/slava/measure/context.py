@@ -6,7 +6,7 @@ them, and an answer can quote them verbatim: each value is rounded once, by
 ``slava.data.numbers.format_number``, the formatter the teachers' answers use.
 For example::
 
-    Measured: pixel 2.44 nm (file); field 624 x 468 nm; 37 particles, mean 41.3 nm, cover 23.1 %; Mag 50000x, 5 kV (bar)
+    Measured: pixel 2.44 nm (file); field 624 nm wide; 37 particles, mean 41.3 nm, cover 23.1 %; Mag 50000x, 5 kV (bar)
 
 Lengths are in nm where the image is calibrated, in px otherwise. A kind of
 structure is listed only where its measurement is trustworthy (the toolkit's
@@ -86,11 +86,10 @@ def image_context(measurements: Measurements, instrument: dict | None = None,
     if m.pixel_size_nm is not None:
         where = _SOURCE_WORDS.get(calibration_source or "", calibration_source)
         parts.append(f"pixel {_num(numbers, 'pixel_size', m.pixel_size_nm)} nm" + (f" ({where})" if where else ""))
-        parts.append(f"field {_num(numbers, 'field_width', m.width_px * m.pixel_size_nm)} x "
-                     f"{_num(numbers, 'field_height', m.height_px * m.pixel_size_nm)} nm")
+        # The width alone: digits cost a token each on SmolLM2, and the height adds little.
+        parts.append(f"field {_num(numbers, 'field_width', m.width_px * m.pixel_size_nm)} nm wide")
     else:
-        parts.append(f"uncalibrated; field {_num(numbers, 'field_width', m.width_px)} x "
-                     f"{_num(numbers, 'field_height', m.height_px)} px")
+        parts.append(f"uncalibrated; field {_num(numbers, 'field_width', m.width_px)} px wide")
     p = m.particles
     if p is not None and p.count > 0 and p.mean_diameter is not None and not _unreliable(m, "particles"):
         noun = "particle" if p.count == 1 else "particles"
