@@ -18,6 +18,9 @@ STAGES: tuple[str, ...] = ("base", "align", "instruct")
 """The training stages, in the only order they may run: the tiny LM's pretraining,
 projector alignment, DyA-MoPE instruction tuning (``SlavaModel.prepare_stage``)."""
 
+PARAM_GROUPS: tuple[str, ...] = ("lm", "projector", "experts", "routers", "tower")
+"""The trainable parameter groups of ``SlavaModel.param_groups`` (each gets its own learning rate)."""
+
 __all__ = ["VisionConfig", "ProjectorConfig", "LMConfig", "QuantConfig", "MoPEConfig", "ModelConfig"]
 
 

@@ -29,10 +29,10 @@ from torch import nn
 
 from slava.config import ConfigError, from_dict, to_dict
 from slava.errors import SlavaError
-from slava.model.config import STAGES, ModelConfig
+from slava.model.config import PARAM_GROUPS, STAGES, ModelConfig
 from slava.model.generate import GenerationConfig, evaluating, generate, left_pad
 from slava.model.language import build_language_model
-from slava.model.loss import token_cross_entropy
+from slava.model.loss import answer_cross_entropy
 from slava.model.mope import MoPELinear, attach_mopes, expert_usage, reset_expert_usage, router_losses, sample_rank, set_rank
 from slava.model.projector import Projector
 from slava.model.quant import quantize_from_config
@@ -57,10 +57,14 @@ class StageError(SlavaError):
 
 @dataclass
 class VLMOutput:
-    """What `SlavaModel.forward` returns; losses are 0-dim tensors."""
+    """What `SlavaModel.forward` returns; losses are 0-dim tensors.
+
+    ``logits`` [B,T,V] are computed only without labels: with labels the head
+    runs on the supervised positions alone and only ``loss`` is returned.
+    """
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     balance_loss: torch.Tensor
     z_loss: torch.Tensor
 
@@ -156,8 +160,10 @@ class SlavaModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         tower_tokens: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> VLMOutput:
-        """Logits [B,T,V], and with `labels` the next-token loss on non-ignored labels, plus router losses.
+        """Logits [B,T,V]; or, with `labels`, the next-token loss on non-ignored labels (``reduction`` "mean" or
+        "sum") with the LM head run only where a label is. Router losses either way.
 
         `tower_tokens` [B,N,D_tower] replace `pixels` with the frozen tower's output computed
         beforehand (the trainer encodes each image once instead of once per record and epoch).
@@ -168,14 +174,16 @@ class SlavaModel(nn.Module):
             image_embeds = None if pixels is None else self.encode_images(pixels)
         embeds = self.embed(input_ids, image_embeds)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
-        loss = None
-        if labels is not None:
-            loss = token_cross_entropy(logits, labels)
+        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        if labels is None:
+            loss, logits = None, self.lm(**kwargs).logits
+        else:
+            hidden = self.lm.get_decoder()(**kwargs).last_hidden_state
+            loss, logits = answer_cross_entropy(hidden, self.lm.get_output_embeddings(), labels, reduction), None
         if self.adapted:
             balance, z = router_losses(self.lm)
         else:
-            balance = z = logits.new_zeros((), dtype=torch.float32)
+            balance = z = embeds.new_zeros((), dtype=torch.float32)
         return VLMOutput(loss, logits, balance, z)
 
     # -- stages and parameters -------------------------------------------------
@@ -196,16 +204,20 @@ class SlavaModel(nn.Module):
                         groups[key].append((f"lm.{name}.{pname}", p))
         return groups
 
-    def prepare_stage(self, stage: str, images: bool = False) -> None:
+    def prepare_stage(self, stage: str, images: bool = False, freeze: Sequence[str] = ()) -> None:
         """Set what trains in `stage`: the one place that policy lives.
 
         `base`: the whole LM, and the projector too when the stage feeds images
         (``images``); `align`: the projector on a quantized, frozen LM with
         experts attached on entry; `instruct`: projector, experts, routers and
-        the configured top tower blocks.
+        the configured top tower blocks. Groups named in ``freeze`` (see
+        ``param_groups``) stay frozen whatever the stage.
         """
         if stage not in STAGES:
             raise StageError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        unknown = set(freeze) - set(PARAM_GROUPS)
+        if unknown:
+            raise StageError(f"unknown parameter group(s) {sorted(unknown)} to freeze (known: {', '.join(PARAM_GROUPS)})")
         if stage == "base":
             if self.adapted:
                 raise StageError("the LM is already quantized and adapted; the base stage must come first")
@@ -223,6 +235,9 @@ class SlavaModel(nn.Module):
                     for _, p in group:
                         p.requires_grad_(True)
                 self.tower.set_trainable(self.cfg.vision.trainable_blocks)
+        for group in freeze:
+            for p in self.param_groups()[group]:
+                p.requires_grad_(False)
         self.stage = stage
 
     # -- experts ---------------------------------------------------------------

@@ -37,7 +37,6 @@ from slava.data.records import read_records, resolve_image
 from slava.data.run_labels import SUMMARY_FILE, label_vocabulary
 from slava.errors import SlavaError
 from slava.hardware import choose_precision, describe_run, use_threads
-from slava.model.loss import token_cross_entropy
 from slava.train import distributed as D
 from slava.train.augment import choose_variants, degrade, variant_seed
 from slava.data.atomic import write_text_atomic
@@ -195,7 +194,7 @@ class Trainer:
             self.stage_summaries = ckpt.meta.get("stage_summaries", {})
             first = ckpt.meta["completed_stages"]
             for i in range(first):
-                model.prepare_stage(self.recipe.stages[i].name, images=self._uses_images(i))
+                model.prepare_stage(self.recipe.stages[i].name, images=self._uses_images(i), freeze=self.recipe.stages[i].freeze)
                 self._load_weights(model, self._stage_product(i), f"stage {i} product")
             if ckpt.meta["in_stage"]:
                 resume_state = ckpt
@@ -262,7 +261,7 @@ class Trainer:
         stage = self.recipe.stages[index]
         info, recipe = self.info, self.recipe
         text_only = not self._uses_images(index)
-        model.prepare_stage(stage.name, images=not text_only)
+        model.prepare_stage(stage.name, images=not text_only, freeze=stage.freeze)
         model.train()
         autocast = self.precision.autocast(info.device.type)
         common = dict(
@@ -363,9 +362,9 @@ class Trainer:
             sync = m == stage.grad_accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else st.net.no_sync():
                 with st.autocast:
-                    out = st.net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
-                                 tower_tokens=batch.get("tower_tokens"))
-                ce_sum = token_cross_entropy(out.logits, batch["labels"], reduction="sum")
+                    out = st.net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                 tower_tokens=batch.get("tower_tokens"), reduction="sum")
+                ce_sum = out.loss
                 # DDP averages gradients over processes; scaling by world size turns that into a sum.
                 loss = ce_sum * (info.world_size / global_tokens)
                 if st.routed:
@@ -478,9 +477,9 @@ class Trainer:
         for i in range(0, len(mine), batch_size):
             batch = self._batch(mine[i : i + batch_size], model, features)
             with autocast:
-                out = model(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
-                            tower_tokens=batch.get("tower_tokens"))
-            ce_sum += token_cross_entropy(out.logits, batch["labels"], reduction="sum").item()
+                out = model(batch.get("pixels"), batch["input_ids"], batch["attention_mask"], batch["labels"],
+                            tower_tokens=batch.get("tower_tokens"), reduction="sum")
+            ce_sum += out.loss.item()
             tokens += float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         ce_sum, tokens = D.all_reduce_sum([ce_sum, tokens], self.info)
         return ce_sum / max(tokens, 1.0)
