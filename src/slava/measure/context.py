@@ -33,10 +33,11 @@ MIN_PERIODIC_STRENGTH = 0.2
 MAX_PORE_FRACTION = 0.5
 """Above this dark-phase fraction the "pores" are the majority phase, not openings in a matrix."""
 
-# Where a pixel size came from (``Micrograph.pixel_size_source``) -> the word the context says.
+# Where a pixel size came from (``Micrograph.pixel_size_source``) -> the word the context says. A sidecar
+# JSON travels with its file like a tag does (eval's shifted twins use one where pHYs is too coarse).
 _SOURCE_WORDS = {
     "caller": "given", "zeiss-cz-sem": "file", "fei": "file", "tifffile": "file", "png-phys": "file",
-    "sidecar": "sidecar", "scale-bar": "scale bar",
+    "sidecar": "file", "scale-bar": "scale bar",
 }
 
 
