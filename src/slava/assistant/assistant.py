@@ -94,9 +94,6 @@ class Classification:
         }
 
 
-_needs_bar = needs_bar
-
-
 def with_context(turns: list[dict], context: Context) -> list[dict]:
     """``turns`` with the image's human turn rebuilt by ``user_turn``: image, context line, question.
 
@@ -171,7 +168,7 @@ class Assistant:
 
         OCR of the bar costs 0.5-2 s an image, so it runs only where a stated
         number depends on it: instrument questions, and measurements of an
-        image that has no calibration from the caller or its file (``_needs_bar``).
+        image that has no calibration from the caller or its file (``needs_bar``).
         """
         return to_micrograph(image, pixel_size_nm)
 
@@ -213,7 +210,7 @@ class Assistant:
         question = question_of(turns[-1]["value"])
         kind = grounded_kind(question)
         if kind is not None:
-            if kind == "instrument" or _needs_bar(micrograph):
+            if kind == "instrument" or needs_bar(micrograph):
                 read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
         context = context or micrograph_context(micrograph)
@@ -267,7 +264,7 @@ class Assistant:
     def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS) -> Measurements:
         """Classical measurements of ``image`` (nm where calibrated, else px)."""
         micrograph = self.prepare(image, pixel_size_nm)
-        if _needs_bar(micrograph):
+        if needs_bar(micrograph):
             read_instrument(micrograph)
         return measure(micrograph, kinds=tuple(kinds))
 
