@@ -45,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(label) for label, _ in result.ranked)
     for label, prob in result.ranked:
         print(f"{label:<{width}}  {prob:6.1%}  {'█' * round(prob * 30)}")
-    print(f"  ({result.mode.replace('_', '-')}, {result.latency_s * 1000:.0f} ms)")
+    print(f"  ({result.mode.replace('_', '-')}, {result.method}, {result.latency_s * 1000:.0f} ms)")
     return 0
