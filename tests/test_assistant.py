@@ -66,9 +66,9 @@ def test_caption_is_generated_text(assistant, images, tiny_run):
 
 def test_zero_shot_probabilities_are_the_models_label_scores(assistant, images):
     image = images["particles"][1]
-    result = assistant.classify(image)
+    result = assistant.classify(image, method="lm")
     probs = [p for _, p in result.ranked]
-    assert result.mode == "zero_shot" and sorted(label for label, _ in result.ranked) == assistant.labels
+    assert result.mode == "zero_shot" and result.method == "lm" and sorted(label for label, _ in result.ranked) == assistant.labels
     assert sum(probs) == pytest.approx(1.0, abs=1e-5) and probs == sorted(probs, reverse=True)
     # The cached, batched scoring must equal a plain full-sequence forward's.
     tok, model = assistant.tokenizer, assistant.model
