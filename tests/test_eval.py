@@ -70,6 +70,22 @@ def test_shifted_twin_without_shift_is_the_original_image(tiny, tmp_path):
     assert twin.label == item.label and twin.truth == item.truth
 
 
+def test_shifted_twins_carry_their_calibration_even_finer_than_phys(tiny, tmp_path):
+    """A zoomed twin's pixel can be finer than pHYs holds; its sidecar keeps reading it off the bar's OCR."""
+    from PIL import Image
+
+    from slava.io import load_micrograph
+
+    _, images = tiny
+    data = load_eval_data(images)
+    twins = T.shifted_items(data.split("test"), data.synth, "scale", tmp_path)
+    for twin in twins:
+        sidecar = json.loads(Path(twin.image).with_suffix(".json").read_text())["pixel_size_nm"]
+        Image.open(twin.image).save(twin.image)  # re-saved without pHYs, as a pixel too fine for it would be
+        m = load_micrograph(twin.image, read_bar=False)
+        assert m.pixel_size_source == "sidecar" and m.pixel_size_nm == pytest.approx(sidecar)
+
+
 def test_baselines_learn_the_tiny_classes(tiny):
     from slava.eval.baselines import EfficientNetBaseline, TextureBaseline
     from slava.hardware import choose_precision

@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 
 from slava.data.chat import encode, user_turn
 from slava.model.config import LMConfig, ModelConfig, MoPEConfig, QuantConfig, VisionConfig
+from slava.model.loss import token_cross_entropy
 from slava.model.projector import Projector
 from slava.model.tokenizer import from_pretrained_dir, train_tokenizer
 from slava.model.towers import build_tower
-from slava.model.vlm import BaseMismatchError, SlavaModel
+from slava.model.vlm import BaseMismatchError, SlavaModel, StageError
 
 CORPUS = ["USER: <image>\nWhat is shown?\nASSISTANT: Gold particles, about 30 nm across."] * 30
 VIT = VisionConfig(kind="vit", image_size=32, vit_patch=8, vit_dim=32, vit_layers=2, vit_heads=2)
@@ -57,6 +58,18 @@ def test_instruct_gradients_reach_only_adapters_and_projector(tok):
     assert not any(p.requires_grad for p in model.tower.parameters())
     groups = model.param_groups()
     assert groups["lm"] == [] and groups["tower"] == [] and groups["experts"] and groups["routers"]
+
+
+def test_instruct_with_frozen_projector_trains_only_the_experts(tok):
+    model = tiny_model(tok)
+    model.prepare_stage("instruct", freeze=["projector"])
+    model.train()
+    out = model(*batch(model, tok))
+    (out.loss + out.balance_loss).backward()
+    assert model.param_groups()["projector"] == [] and model.projector.fc1.weight.grad is None
+    assert any(p.grad is not None for p in model.param_groups()["experts"])
+    with pytest.raises(StageError, match="projektor"):
+        model.prepare_stage("instruct", freeze=["projektor"])
     quantized = [m for m in model.lm.modules() if type(m).__name__ == "QuantizedLinear"]
     assert len(quantized) == 2 * 7  # every linear in 2 layers; lm_head stays float
 
@@ -146,8 +159,16 @@ def test_local_hf_tower_and_lm(kind, tmp_path):
     model.prepare_stage("instruct")
     px, ids, mask, labels = batch(model, htok)
     out = model(px, ids, mask, labels)
-    assert out.logits.shape == (*ids.shape, htok.vocab_size) and torch.isfinite(out.loss)
+    assert out.logits is None and torch.isfinite(out.loss)
     out.loss.backward()
+    model.eval()
+    with torch.no_grad():
+        full = model(px, ids, mask).logits
+        assert full.shape == (*ids.shape, htok.vocab_size)
+        # The head run only on supervised positions gives the loss of the full logits.
+        assert torch.allclose(model(px, ids, mask, labels).loss, token_cross_entropy(full, labels), atol=1e-5)
+        assert torch.allclose(model(px, ids, mask, labels, reduction="sum").loss,
+                              token_cross_entropy(full, labels, reduction="sum"), rtol=1e-5)
     assert model.projector.fc1.weight.grad is not None
 
 

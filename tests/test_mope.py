@@ -246,6 +246,15 @@ def test_attach_after_quantization_wraps_targets_and_averages_losses():
         attach_mopes(TinyLM(), MoPEConfig(target_modules=["fc1"]))
 
 
+def test_top_layers_adapts_only_the_last_blocks():
+    model = TinyLM()
+    names = attach_mopes(model, MoPEConfig(target_modules=["q", "down"], top_layers=1))
+    assert names == ["layers.1.q_proj", "layers.1.down_proj"]
+    assert type(model.layers[0].q_proj) is nn.Linear
+    with pytest.raises(ValueError, match="top_layers"):
+        attach_mopes(TinyLM(), MoPEConfig(top_layers=0))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     m = make(MoPEConfig(num_experts=4, top_k=2, shared_expert=True), quantized=True).eval()

@@ -37,6 +37,7 @@ def test_shipped_recipes_load(name):
         ("augment: {copies: 4}\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "augment.copies"),
         ("augment: {probability: 1.5}\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "augment.probability"),
         ("augment: {variants: 0}\nstages: [{name: base, lr: {lm: 1.0e-3}}]", "augment.variants"),
+        ("stages: [{name: instruct, freeze: [projektor], lr: {default: 1.0e-3}}]", "stages[0].freeze"),
     ],
 )
 def test_bad_recipe_names_the_key(tmp_path, text, key):

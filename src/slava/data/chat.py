@@ -2,9 +2,11 @@
 
 Teacher output, training, evaluation and serving all render conversations
 through this module, so a prompt seen in training is byte-for-byte the prompt
-seen at inference. The layout follows LLaVA-1.5 (plain-text roles, the
-tokenizer's end-of-sequence token closing each answer), which works for the
-tiny default tokenizer and for any Hugging Face base without new role tokens:
+seen at inference. The tokenizer chooses the *format* (its ``chat_format``,
+recorded in ``slava_tokenizer.json``). ``plain`` follows LLaVA-1.5
+(plain-text roles, the tokenizer's end-of-sequence token closing each
+answer), which works for the tiny default tokenizer and for any Hugging Face
+base without role tokens:
 
     {system}
 
@@ -14,7 +16,20 @@ tiny default tokenizer and for any Hugging Face base without new role tokens:
     USER: {question 2}
     ASSISTANT: {answer 2}<eos>
 
-Only answer tokens and their closing end-of-sequence token are trained on.
+``chatml`` is SmolLM2's own template (its end of turn ``<|im_end|>`` is the
+tokenizer's eos), so the pretrained LM sees the layout it was tuned on:
+
+    <|im_start|>system
+    {system}<|im_end|>
+    <|im_start|>user
+    <image>
+    {question}<|im_end|>
+    <|im_start|>assistant
+    {answer}<|im_end|>
+    <|im_start|>user
+    ...
+
+Only answer tokens and their closing end-of-turn token are trained on.
 """
 
 from __future__ import annotations
@@ -29,8 +44,13 @@ SYSTEM_PROMPT = (
 IMAGE_TOKEN = "<image>"
 USER = "USER:"
 ASSISTANT = "ASSISTANT:"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
 IGNORE_INDEX = -100
 ROLES = {"human": USER, "gpt": ASSISTANT}
+CHAT_FORMATS = ("plain", "chatml")
+"""``plain``: LLaVA-1.5's text roles; ``chatml``: ``<|im_start|>role ... <|im_end|>`` turns."""
+_EOS_TEXT = {"plain": "</s>", "chatml": IM_END}
 
 
 class ChatTokenizer(Protocol):
@@ -39,6 +59,7 @@ class ChatTokenizer(Protocol):
     eos_id: int
     image_id: int
     bos_id: int | None
+    # Optional: ``chat_format`` ("plain" when absent) picks the layout.
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added."""
@@ -54,20 +75,36 @@ class Segment:
 
 
 class ChatFormatError(ValueError):
-    """A conversation does not alternate human/gpt turns starting with the human."""
+    """A conversation does not alternate human/gpt turns starting with the human, or names an unknown format."""
+
+
+def role_markers(chat_format: str = "plain") -> tuple[str, ...]:
+    """The strings that mark turns in ``chat_format``: an answer containing one leaks the template."""
+    _check_format(chat_format)
+    if chat_format == "chatml":
+        return (IM_START, IM_END, USER, ASSISTANT)
+    return (USER, ASSISTANT)
+
+
+def _check_format(chat_format: str) -> None:
+    if chat_format not in CHAT_FORMATS:
+        raise ChatFormatError(f"unknown chat format {chat_format!r} (one of {', '.join(CHAT_FORMATS)})")
 
 
 def render(
-    conversations: Sequence[dict], system: str = SYSTEM_PROMPT, add_generation_prompt: bool = False
+    conversations: Sequence[dict], system: str = SYSTEM_PROMPT, add_generation_prompt: bool = False,
+    chat_format: str = "plain",
 ) -> list[Segment]:
-    """Render LLaVA-style turns (``{"from": "human"|"gpt", "value": str}``) as segments.
+    """Render LLaVA-style turns (``{"from": "human"|"gpt", "value": str}``) as segments in ``chat_format``.
 
     With ``add_generation_prompt`` the conversation must end on a human turn and
     the result ends with the assistant cue, ready for generation.
     """
+    _check_format(chat_format)
     if not conversations:
         raise ChatFormatError("empty conversation")
-    segments = [Segment(f"{system}\n\n")]
+    chatml = chat_format == "chatml"
+    segments = [Segment(f"{IM_START}system\n{system}{IM_END}\n" if chatml else f"{system}\n\n")]
     for i, turn in enumerate(conversations):
         role = turn.get("from")
         expected = "human" if i % 2 == 0 else "gpt"
@@ -75,19 +112,25 @@ def render(
             raise ChatFormatError(f"turn {i} is from {role!r}, expected {expected!r}")
         value = str(turn.get("value", "")).strip()
         if role == "human":
+            # The newline after the previous answer's end of turn belongs to this turn: generation stops at eos.
             prefix = "" if i == 0 else "\n"
-            segments.append(Segment(f"{prefix}{USER} {value}\n{ASSISTANT}"))
+            if chatml:
+                segments.append(Segment(f"{prefix}{IM_START}user\n{value}{IM_END}\n{IM_START}assistant\n"))
+            else:
+                segments.append(Segment(f"{prefix}{USER} {value}\n{ASSISTANT}"))
         else:
-            segments.append(Segment(f" {value}", target=True))
+            segments.append(Segment(value if chatml else f" {value}", target=True))
             segments.append(Segment("", target=True, eos=True))
     if add_generation_prompt and conversations[-1].get("from") != "human":
         raise ChatFormatError("a generation prompt needs the conversation to end on a human turn")
     return segments
 
 
-def render_text(conversations: Sequence[dict], eos: str = "</s>", **kwargs) -> str:
-    """The conversation as one string, the end-of-sequence token spelled ``eos``."""
-    return "".join(eos if s.eos else s.text for s in render(conversations, **kwargs))
+def render_text(conversations: Sequence[dict], eos: str | None = None, chat_format: str = "plain", **kwargs) -> str:
+    """The conversation as one string, the end-of-turn token spelled ``eos`` (default: the format's own)."""
+    _check_format(chat_format)
+    eos = _EOS_TEXT[chat_format] if eos is None else eos
+    return "".join(eos if s.eos else s.text for s in render(conversations, chat_format=chat_format, **kwargs))
 
 
 def user_turn(question: str, with_image: bool = True) -> dict:
@@ -108,11 +151,13 @@ def encode(
     Each ``<image>`` in the text becomes ``num_image_tokens`` copies of
     ``tokenizer.image_id``; the model writes image embeddings there. Segments
     are encoded separately so a prompt encodes identically at training and at
-    generation time. Returns sequences truncated to ``max_len`` when given.
+    generation time. The layout is the tokenizer's ``chat_format`` (``plain``
+    when it has none). Returns sequences truncated to ``max_len`` when given.
     """
     ids: list[int] = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     labels: list[int] = [IGNORE_INDEX] * len(ids)
-    for seg in render(conversations, system=system, add_generation_prompt=add_generation_prompt):
+    chat_format = getattr(tokenizer, "chat_format", "plain")
+    for seg in render(conversations, system=system, add_generation_prompt=add_generation_prompt, chat_format=chat_format):
         if seg.eos:
             piece = [tokenizer.eos_id]
         else:

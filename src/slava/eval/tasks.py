@@ -6,6 +6,8 @@ Each task takes an ``Assistant`` and ``EvalItem``s and returns plain dicts
 
 from __future__ import annotations
 
+import json
+
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -262,8 +264,9 @@ def counting_task(assistant, items: Sequence[EvalItem], samples: int = 4) -> dic
 def shifted_items(items: Sequence[EvalItem], summary: dict, shift: str, out_dir: Path) -> list[EvalItem]:
     """The synthetic twins of ``items`` (same class and image seed) rendered under ``shift``, as PNG files.
 
-    Each carries its pixel size in pHYs as the originals do, so reading it
-    never falls back to OCR of its data bar.
+    Each carries its pixel size as the originals do, in pHYs, plus a sidecar
+    ``<file>.json`` where a zoomed twin's pixel is finer than pHYs can
+    express, so reading it never falls back to OCR of its data bar.
     """
     from slava.eval.data import _truth_from_quantities
     from slava.synth import generate
@@ -278,5 +281,6 @@ def shifted_items(items: Sequence[EvalItem], summary: dict, shift: str, out_dir:
         image, truth = generate(it.label, image_seed(summary["seed"], index), size=summary["size"], shift=shift)
         path = out_dir / f"{stem}.png"
         path.write_bytes(png_bytes(image, truth["pixel_size_nm"]))
+        path.with_suffix(".json").write_text(json.dumps({"pixel_size_nm": truth["pixel_size_nm"]}))
         out.append(EvalItem(str(path), it.label, "test", _truth_from_quantities(it.label, truth["quantities"])))
     return out

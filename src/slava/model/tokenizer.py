@@ -3,7 +3,10 @@
 Both kinds are a Hugging Face fast tokenizer underneath: the tiny default's
 byte-level BPE trained here is wrapped in `PreTrainedTokenizerFast`, so saving,
 loading and decoding take one path. The `<image>` placeholder is always a
-special token; its embedding is overwritten by image embeddings.
+special token; its embedding is overwritten by image embeddings. Each
+tokenizer names the chat format `slava.data.chat` renders for it: "plain"
+for the tiny one, "chatml" for a base whose own template uses
+``<|im_start|>``/``<|im_end|>`` turns (SmolLM2).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from slava.data.chat import IMAGE_TOKEN
+from slava.data.chat import CHAT_FORMATS, IM_END, IM_START, IMAGE_TOKEN
 from slava.errors import SlavaError
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -26,9 +29,12 @@ class TokenizerError(SlavaError):
 class SlavaTokenizer:
     """A Hugging Face tokenizer plus the ids the chat template and the model need."""
 
-    def __init__(self, hf, eos_token: str, bos_token: str | None, pad_token: str):
+    def __init__(self, hf, eos_token: str, bos_token: str | None, pad_token: str, chat_format: str = "plain"):
+        if chat_format not in CHAT_FORMATS:
+            raise TokenizerError(f"unknown chat format {chat_format!r} (one of {', '.join(CHAT_FORMATS)})")
         self.hf = hf
         self.eos_token, self.bos_token, self.pad_token = eos_token, bos_token, pad_token
+        self.chat_format = chat_format
         self.eos_id = hf.convert_tokens_to_ids(eos_token)
         self.bos_id = None if bos_token is None else hf.convert_tokens_to_ids(bos_token)
         self.pad_id = hf.convert_tokens_to_ids(pad_token)
@@ -48,8 +54,9 @@ class SlavaTokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=True)
 
     def info(self) -> dict:
-        """The special tokens, as written to `slava_tokenizer.json`."""
-        return {"eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token, "image_token": IMAGE_TOKEN}
+        """The special tokens and chat format, as written to `slava_tokenizer.json`."""
+        return {"eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token,
+                "image_token": IMAGE_TOKEN, "chat_format": self.chat_format}
 
     def save(self, directory: str | Path) -> None:
         """Write the tokenizer files and `slava_tokenizer.json` into `directory`."""
@@ -68,7 +75,8 @@ class SlavaTokenizer:
             raise TokenizerError(f"{directory}: no {_META}; not a sLAVA tokenizer directory")
         info = json.loads(meta.read_text())
         hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        return cls(hf, info["eos_token"], info["bos_token"], info["pad_token"])
+        # Directories written before chat formats existed are plain.
+        return cls(hf, info["eos_token"], info["bos_token"], info["pad_token"], info.get("chat_format", "plain"))
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> SlavaTokenizer:
@@ -97,7 +105,9 @@ def from_pretrained_dir(path: str | Path) -> SlavaTokenizer:
     """The tokenizer of a local Hugging Face model directory, with `<image>` added as a special token.
 
     End of turn is the tokenizer's eos token; bos is used only when the
-    tokenizer adds one itself; padding falls back to eos.
+    tokenizer adds one itself; padding falls back to eos. A tokenizer whose
+    vocabulary and chat template carry ``<|im_start|>``/``<|im_end|>``
+    (SmolLM2) gets the "chatml" format, ending each turn with ``<|im_end|>``.
     """
     from transformers import AutoTokenizer
 
@@ -105,10 +115,14 @@ def from_pretrained_dir(path: str | Path) -> SlavaTokenizer:
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise TokenizerError(f"cannot load a tokenizer from {path}: {exc}") from exc
+    vocab = hf.get_vocab()
+    chatml = IM_START in vocab and IM_END in vocab and IM_START in str(getattr(hf, "chat_template", None) or "")
+    if chatml:
+        hf.eos_token = IM_END
     if hf.eos_token is None:
         raise TokenizerError(f"{path}: the tokenizer has no eos token to end a turn")
-    if IMAGE_TOKEN not in hf.get_vocab():
+    if IMAGE_TOKEN not in vocab:
         hf.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     probe = hf("a", add_special_tokens=True)["input_ids"]
     bos = hf.bos_token if hf.bos_token is not None and probe and probe[0] == hf.bos_token_id else None
-    return SlavaTokenizer(hf, hf.eos_token, bos, hf.pad_token or hf.eos_token)
+    return SlavaTokenizer(hf, hf.eos_token, bos, hf.pad_token or hf.eos_token, "chatml" if chatml else "plain")

