@@ -512,8 +512,19 @@ class Trainer:
     # -- end ---------------------------------------------------------------------
 
     def _classed_images(self, records: list[dict]) -> dict[str, str]:
-        """{image key: class} of the records that name a class (``meta.class``), one entry per image."""
-        return {resolve_image(r, self.root): str(c) for r in records if (c := (r.get("meta") or {}).get("class")) is not None}
+        """{image key: class} of the records that name a class (``meta.class``), one entry per readable image.
+
+        An image training skipped as missing or unreadable is left out here too.
+        """
+        found = {resolve_image(r, self.root): str(c) for r in records if (c := (r.get("meta") or {}).get("class")) is not None}
+        return {im: c for im, c in found.items() if self._readable(im)}
+
+    def _readable(self, image: str) -> bool:
+        try:
+            self.images.get(image)
+        except SlavaError:
+            return False
+        return True
 
     @torch.no_grad()
     def _head_features(self, model, images: list[str], kind: str) -> torch.Tensor:
