@@ -9,7 +9,7 @@ Behaviours: ``"ok"``, ``("429", retry_after)`` (seconds, or an HTTP-date
 string), ``"500"``, ``"hang"`` (sleeps ``hang_s``, past the client timeout),
 ``"malformed"`` (content is not JSON), ``"wrong_schema"`` (JSON without the
 asked-for keys), ``"absurd"`` (negative count, size far past the field),
-``"unknown_family"``.
+``"unknown_family"``, ``"invented"`` (a caption stating a number the image context does not hold).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import base64
 import io
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -31,17 +32,22 @@ from fastapi.responses import JSONResponse
 
 
 def good_answer(body: dict) -> dict:
-    """A valid teacher answer: echoes the asked questions, counts 12 particles of 3 nm."""
+    """A valid teacher answer: echoes the asked questions and copies the particles of the image context."""
     text = next(p["text"] for p in body["messages"][1]["content"] if p["type"] == "text")
-    questions = []
+    questions, context = [], ""
     for line in text.splitlines():
         if line.startswith("[{"):
             questions = json.loads(line)
+        if line.startswith("Measured:"):
+            context = line
+    found = re.search(r"(\d+) particles?, mean ([\d.]+) nm", context)
+    field = re.search(r"field ([\d.]+) nm wide", context)
+    count, size = (int(found[1]), float(found[2])) if found else (None, None)
     return {
-        "caption": "Round particles, about 3 nm across, scattered on a flat substrate.",
+        "caption": f"Round particles scattered on a flat substrate, in a field {field[1] if field else 'of unknown'} nm wide.",
         "qa": [{**q, "answer": f"An answer about {q['family']}."} for q in questions],
         "classification": {"label": "particles"},
-        "measurements": {"feature": "particles", "count": 12, "mean_size_nm": 3.0},
+        "measurements": {"feature": "particles", "count": count, "mean_size_nm": size},
     }
 
 
@@ -53,6 +59,8 @@ def _bad_content(kind: str, body: dict) -> str:
     answer = good_answer(body)
     if kind == "absurd":
         answer["measurements"] = {"feature": "particles", "count": -4, "mean_size_nm": 1e12}
+    elif kind == "invented":
+        answer["caption"] = "Round particles, about 7777 nm across."
     elif kind == "unknown_family":
         answer["qa"] = [{"family": "astrology", "question": "What sign?", "answer": "Leo."}]
     return json.dumps(answer)

@@ -206,3 +206,39 @@ def test_human_output_and_errors(tiny_run, images, tmp_path, capsys, monkeypatch
     assert main(["ask", str(images["fibres"][0]), "What is this?", "--run", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not a trained run" in err
+
+
+def test_the_prompt_carries_the_teachers_context_for_the_same_file(assistant, tiny_run):
+    """Teach time and inference time see byte-identical context: the records' line is the assistant's."""
+    from slava.data.chat import split_human
+    from slava.data.records import read_records, resolve_image
+
+    records, _ = read_records(tiny_run.parent / "records.jsonl")
+    captions = [r for r in records if r["task"] == "caption"][:3]
+    assert captions
+    for rec in captions:
+        taught, _ = split_human(rec["conversations"][0]["value"])
+        path = resolve_image(rec, tiny_run.parent)
+        assert taught and taught.startswith("Measured: ")
+        assert assistant.context(path).text == taught
+        answer = assistant.caption(path, max_new_tokens=32)
+        assert answer.context == taught
+
+
+def test_generated_answers_are_clean_and_flag_invented_numbers(assistant, images):
+    """Hygiene on a real tiny run: no role marker, no 4-gram three times, max_new_tokens kept, numbers checked."""
+    from slava.data.chat import role_markers
+    from slava.data.numbers import invented_numbers
+    from slava.eval.metrics import has_loop, marker_count
+    from slava.teacher.prompts import QUESTIONS
+
+    assert assistant.markers == role_markers("plain")
+    questions = [QUESTIONS["morphology"][0], QUESTIONS["surface"][0], "Tell me everything about this sample."]
+    for cls in TINY_CLASSES:
+        for question in questions:
+            answer = assistant.ask(images[cls][0], question, max_new_tokens=40)
+            assert answer.source == "model" and answer.tokens <= 40
+            assert marker_count(answer.text, assistant.markers) == 0, answer.text
+            assert not has_loop(answer.text), answer.text
+            assert answer.invented == tuple(invented_numbers(answer.text, answer.context, question))
+            assert answer.context and answer.context.startswith("Measured: ")

@@ -273,3 +273,19 @@ def test_real_smollm2_from_the_wheel(monkeypatch):
     assert c.head_dim == 64 and c.rope_parameters["rope_theta"] == 100_000.0 and c.tie_word_embeddings
     assert lm.get_input_embeddings().weight.shape == (49153, 576) and lm.lm_head.weight is lm.get_input_embeddings().weight
     assert getattr(lm, "slava_gguf_sha256") == base.sha256
+
+
+def test_chatml_assistant_bans_the_turn_opener_and_renders_the_context_line(ggufs):
+    from slava.assistant import Assistant
+    from slava.data.chat import split_human
+
+    model = _student(ggufs[0][0])
+    assistant = Assistant(model)
+    tok = model.tokenizer
+    assert assistant.markers == role_markers("chatml")
+    # <|im_start|> is one token of its own: banned outright; <|im_end|> is the end of turn, which must stay.
+    assert tok.encode("<|im_start|>") == [assistant.marker_ids[0]] and tok.eos_id not in assistant.marker_ids
+    turn = user_turn("What is shown?", "Measured: pixel 2 nm (file); field 128 nm wide")
+    text = render_text([turn], chat_format="chatml", add_generation_prompt=True)
+    assert "<|im_start|>user\n<image>\nMeasured: pixel 2 nm (file); field 128 nm wide\nWhat is shown?<|im_end|>" in text
+    assert split_human(turn["value"]) == ("Measured: pixel 2 nm (file); field 128 nm wide", "What is shown?")

@@ -405,3 +405,24 @@ def test_overlay_route_draws_the_measurement(server, images):
     x0, y0, x1, y1 = p["data_bar"]
     assert tuple(png[y0, x0 + 5]) == (60, 140, 255)
     assert ((png == (40, 220, 60)).all(axis=2)).sum() > 20
+
+
+def test_chat_completions_carry_the_image_context_the_teacher_writes(server, tiny_run):
+    """The server's prompt holds the same context line a teacher writes for the same file, and says so."""
+    from slava.data.chat import split_human
+    from slava.data.records import read_records, resolve_image
+
+    records, _ = read_records(tiny_run.parent / "records.jsonl")
+    rec = next(r for r in records if r["task"] == "caption")
+    taught, _ = split_human(rec["conversations"][0]["value"])
+    with open(resolve_image(rec, tiny_run.parent), "rb") as fh:
+        url = data_url(fh.read())
+    # A context line typed by the client is replaced by the measured one.
+    messages = image_message(url, "Measured: 999 particles, mean 1 nm\nDescribe this micrograph.")
+    r = httpx.post(f"{server}/v1/chat/completions", headers=auth(), json={"messages": messages, "max_tokens": 12},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["slava"]["source"] == "model" and body["slava"]["context"] == taught
+    assert isinstance(body["slava"]["invented"], list)
+    assert "999" not in body["slava"]["context"]

@@ -5,6 +5,7 @@ import base64
 import email.utils
 import io
 import json
+import re
 import types
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from fake_openai_server import FakeOpenAIServer, good_answer
 from PIL import Image
 
+from slava.data.chat import split_human
+from slava.data.numbers import invented_numbers
 from slava.data.records import validate_record
 from slava.io.micrograph import Micrograph
 from slava.teacher.openai_client import (
@@ -32,8 +35,13 @@ def _entry(i=0, label="particles"):
 
 
 def _micrograph(width=80, height=60, pixel_size_nm=2.0):
-    pixels = np.random.default_rng(width).random((height, width)).astype(np.float32)
-    return Micrograph(pixels=pixels, pixel_size_nm=pixel_size_nm)
+    """Bright round particles on a noisy dark support, so the image context has particles to copy."""
+    rng = np.random.default_rng(width)
+    pixels = 0.15 + 0.05 * rng.random((height, width))
+    yy, xx = np.mgrid[:height, :width]
+    for cx, cy in rng.uniform(8, (width - 8, height - 8), size=(max(3, width * height // 600), 2)):
+        pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < 9] = 0.9
+    return Micrograph(pixels=pixels.astype(np.float32), pixel_size_nm=pixel_size_nm, pixel_size_source="caller")
 
 
 def _teacher(server, **config):
@@ -61,7 +69,8 @@ def test_fake_server_speaks_the_openai_protocol(server):
     client = openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["fake-vlm"]
     url = encode_image(np.zeros((8, 8), np.float32))
-    content = [{"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": url}}]
+    text = "Describe.\nMeasured: field 16 nm wide; 12 particles, mean 3 nm, cover 5 %"
+    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
     reply = client.chat.completions.create(
         model="fake-vlm", messages=[{"role": "system", "content": "s"}, {"role": "user", "content": content}]
     )
@@ -135,12 +144,20 @@ def test_a_good_answer_becomes_valid_llava_records(server):
         assert validate_record(rec) == []
         assert rec["image"] == "particles/0.png"
         assert rec["meta"]["source"] == "openai:fake-vlm" and rec["meta"]["class"] == "particles"
-    measured = [r["meta"]["numbers"] for r in result.records if r["task"] == "measure"]
-    assert measured == [{"particle_count": 12}, {"mean_diameter": 3.0}]
-    # The questions asked are the ones answered.
     sent = server.requests[0]["messages"][1]["content"][0]["text"]
+    context = next(line for line in sent.splitlines() if line.startswith("Measured:"))
+    measured = [r["meta"]["numbers"] for r in result.records if r["task"] == "measure"]
+    particles = re.search(r"(\d+) particles, mean ([\d.]+) nm", context)
+    count, size = int(particles[1]), float(particles[2])
+    assert measured == [{"particle_count": count}, {"mean_diameter": size}]
+    for rec in result.records:
+        # The context sent is the context the student is trained with, and the answer quotes only it.
+        got, question = split_human(rec["conversations"][0]["value"])
+        assert got == context
+        assert invented_numbers(rec["conversations"][1]["value"], got, question) == []
+    # The questions asked are the ones answered.
     for rec in result.records[1:4]:
-        assert rec["conversations"][0]["value"].split("\n", 1)[1] in sent
+        assert split_human(rec["conversations"][0]["value"])[1] in sent
     assert server.requests[0]["response_format"] == {"type": "json_object"}
 
 
@@ -161,6 +178,8 @@ def test_the_sample_label_is_withheld_with_no_label_leak(server):
     teacher.no_label_leak = True
     _teach(teacher)
     texts = [r["messages"][1]["content"][0]["text"] for r in server.requests]
+    # The context line names what image analysis measures on every image, whatever its class: not the label.
+    texts = ["\n".join(line for line in t.splitlines() if not line.startswith("Measured:")) for t in texts]
     assert "known to be: particles" in texts[0] and "particles" not in texts[1].split("measurements")[0]
 
 
@@ -196,7 +215,15 @@ def test_repair_prompt_fixes_a_bad_first_answer(server):
     assert "not valid JSON" in repair[3]["content"]
 
 
-@pytest.mark.parametrize("bad", ["wrong_schema", "absurd", "unknown_family"])
+def test_a_reply_stating_a_number_not_in_the_context_is_rejected_with_the_number(server):
+    server.push("invented", "invented")
+    result = _teach(_teacher(server))
+    assert result.records == [] and not result.retryable
+    assert "numbers not in the image context: caption states 7777" in result.reject
+    assert "numbers not in the image context" in server.requests[1]["messages"][3]["content"]
+
+
+@pytest.mark.parametrize("bad", ["wrong_schema", "absurd", "unknown_family", "invented"])
 def test_an_answer_still_bad_after_repair_is_rejected_with_its_reason(server, bad):
     server.push(bad, bad)
     result = _teach(_teacher(server))

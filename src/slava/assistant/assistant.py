@@ -1,7 +1,12 @@
 """The inference API: ask, chat, caption, classify and measure one micrograph.
 
 Every prompt goes through ``slava.data.chat`` with the generation cue, so the
-model sees at inference the bytes it saw in training. Zero-shot
+model sees at inference the bytes it saw in training, image context
+included (``slava.measure.context.micrograph_context``, the one way teachers
+and the assistant get it). Generated answers stop at the end of turn, at
+``max_new_tokens`` and before any role marker, never repeat a token 4-gram a
+third time, and list in ``Answer.invented`` every number they state that is
+in neither the context nor the question (the goal is none). Zero-shot
 classification scores each label's answer text as the continuation of the one
 classification prompt, unless the run has a classification head
 (``classifier.safetensors``) that knows every requested label: then a linear
@@ -24,16 +29,18 @@ import torch.nn.functional as F
 from slava.assistant.fewshot import SupportError, load_support, prototype_probs, prototypes
 from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind, without_unknown_lengths
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
-from slava.data.chat import IMAGE_TOKEN, encode, user_turn
+from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
+from slava.data.numbers import invented_numbers
 from slava.data.run_head import HEAD_FILE, load_head
 from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
 from slava.hardware import choose_precision
 from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
+from slava.measure.context import Context, micrograph_context, needs_bar
 from slava.model.class_head import ClassHead, head_features
 from slava.model.generate import GenerationConfig
-from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt
+from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt, is_classify_prompt
 
 MODES = ("prototype", "in_context")
 """Few-shot modes of ``Assistant.classify``."""
@@ -57,6 +64,10 @@ class Answer:
     measurements: dict | None = None
     finish_reason: str = "stop"
     """"stop" (end of sequence, or a measurement) or "length" (``max_new_tokens`` reached)."""
+    invented: tuple[str, ...] = ()
+    """Numbers a generated answer states that are in neither the image context nor the question (a defect)."""
+    context: str | None = None
+    """The image context line the model was given (None for measured answers)."""
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -93,9 +104,18 @@ class Classification:
         }
 
 
-def _needs_bar(micrograph: Micrograph) -> bool:
-    """Whether only the data bar's label can calibrate this micrograph."""
-    return micrograph.pixel_size_nm is None
+def with_context(turns: list[dict], context: Context) -> list[dict]:
+    """``turns`` with the image's human turn rebuilt by ``user_turn``: image, context line, question.
+
+    A context line a client typed is replaced by the measured one; without an
+    image placeholder anywhere, the first turn is the image's. A classification
+    prompt keeps no context (``is_classify_prompt``).
+    """
+    out = [dict(t) for t in turns]
+    i = next((k for k, t in enumerate(out) if IMAGE_TOKEN in str(t.get("value", ""))), 0)
+    question = question_of(out[i]["value"])
+    out[i]["value"] = user_turn(question, None if is_classify_prompt(question) else context.text)["value"]
+    return out
 
 
 def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: float, method: str) -> Classification:
@@ -121,6 +141,10 @@ class Assistant:
         self.device = torch.device(device)
         self.run_dir = run_dir
         self.precision = choose_precision(precision, self.device)
+        self.markers = role_markers(getattr(self.tokenizer, "chat_format", "plain"))
+        # A marker that is one token of its own (chatml's specials) is banned outright; the rest are cut as text.
+        pieces = [self.tokenizer.encode(m) for m in self.markers]
+        self.marker_ids = sorted({p[0] for p in pieces if len(p) == 1 and p[0] != self.tokenizer.eos_id})
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
@@ -160,7 +184,7 @@ class Assistant:
 
         OCR of the bar costs 0.5-2 s an image, so it runs only where a stated
         number depends on it: instrument questions, and measurements of an
-        image that has no calibration from the caller or its file (``_needs_bar``).
+        image that has no calibration from the caller or its file (``needs_bar``).
         """
         return to_micrograph(image, pixel_size_nm)
 
@@ -179,12 +203,14 @@ class Assistant:
         return self.chat(image, [user_turn(question)], GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy))
 
     def chat(self, image: ImageInput, turns: Sequence[dict], config: GenerationConfig | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Answer:
+             should_stop: Callable[[], bool] | None = None, context: Context | None = None) -> Answer:
         """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
 
         ``config`` says how to decode; None is ``GenerationConfig(max_new_tokens=128)``.
         ``should_stop`` is asked between generated tokens (the server's "client
         gone"); True ends the answer there with ``finish_reason`` "cancelled".
+        ``context`` is the image's ``micrograph_context`` when the caller already
+        has it (the server counts prompt tokens with it); None computes it.
         On an image with no calibration, sentences stating a length in nm (which
         the model can only invent) are replaced by a note saying so.
         """
@@ -197,22 +223,36 @@ class Assistant:
         if not any(IMAGE_TOKEN in str(t.get("value", "")) for t in turns):
             turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
         micrograph = self.prepare(image)
-        question = str(turns[-1]["value"]).replace(IMAGE_TOKEN, "").strip()
+        question = question_of(turns[-1]["value"])
         kind = grounded_kind(question)
         if kind is not None:
-            if kind == "instrument" or _needs_bar(micrograph):
+            if kind == "instrument" or needs_bar(micrograph):
                 read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
-        prompt = self._prompt(turns)
+        context = context or micrograph_context(micrograph)
+        turns = with_context(turns, context)
+        asked = " ".join(question_of(t["value"]) for t in turns if t.get("from") == "human")
+        return self._generate(micrograph, turns, config, context, asked, start, should_stop)
+
+    def _generate(self, micrograph: Micrograph, turns: list[dict], config: GenerationConfig, context: Context,
+                  asked: str, start: float, should_stop: Callable[[], bool] | None = None) -> Answer:
+        """A generated answer to ``turns`` (context already in place), with its hygiene and invented-number check."""
         with self.inference():
-            out = self.model.generate(self.pixels([micrograph]), [prompt], config, should_stop=should_stop)[0]
+            out = self.model.generate(self.pixels([micrograph]), [self._prompt(turns)], config, should_stop=should_stop,
+                                      stop_strings=self.markers, banned_ids=self.marker_ids)[0]
         finish = "length" if len(out) >= config.max_new_tokens else "stop"
         if should_stop is not None and should_stop():
             finish = "cancelled"
+        text = self._calibrated_text(micrograph, self._before_markers(self.tokenizer.decode(out)).strip())
         return Answer(
-            text=self._calibrated_text(micrograph, self.tokenizer.decode(out).strip()), tokens=len(out),
-            latency_s=time.perf_counter() - start, finish_reason=finish,
+            text=text, tokens=len(out), latency_s=time.perf_counter() - start, finish_reason=finish,
+            invented=tuple(invented_numbers(text, context.text, asked)), context=context.text,
         )
+
+    def _before_markers(self, text: str) -> str:
+        """``text`` up to the first role marker (decoding already stops there; this keeps the promise for any tokenizer)."""
+        cut = min((i for i in (text.find(m) for m in self.markers) if i >= 0), default=len(text))
+        return text[:cut]
 
     @staticmethod
     def _calibrated_text(micrograph: Micrograph, text: str) -> str:
@@ -228,21 +268,19 @@ class Assistant:
         """A detailed description of ``image`` (always from the model)."""
         start = time.perf_counter()
         micrograph = self.prepare(image)
-        with self.inference():
-            out = self.model.generate(
-                self.pixels([micrograph]), [self._prompt([user_turn(CAPTION_PROMPT)])],
-                GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy),
-            )[0]
-        return Answer(
-            text=self._calibrated_text(micrograph, self.tokenizer.decode(out).strip()), tokens=len(out),
-            latency_s=time.perf_counter() - start,
-            finish_reason="length" if len(out) >= max_new_tokens else "stop",
-        )
+        context = micrograph_context(micrograph)
+        return self._generate(micrograph, [user_turn(CAPTION_PROMPT, context.text)],
+                              GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy), context,
+                              CAPTION_PROMPT, start)
+
+    def context(self, image: ImageInput) -> Context:
+        """The image context the model is given for ``image`` (``micrograph_context``)."""
+        return micrograph_context(self.prepare(image))
 
     def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS) -> Measurements:
         """Classical measurements of ``image`` (nm where calibrated, else px)."""
         micrograph = self.prepare(image, pixel_size_nm)
-        if _needs_bar(micrograph):
+        if needs_bar(micrograph):
             read_instrument(micrograph)
         return measure(micrograph, kinds=tuple(kinds))
 

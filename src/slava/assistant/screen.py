@@ -110,8 +110,9 @@ def _flat(m) -> dict:
 def decode_one(job: tuple[str, str, int, bool]) -> dict:
     """Read, hash, (measure) and resize one image; errors are returned, not raised (runs in workers)."""
     root, rel, size, with_measure = job
-    row: dict = {"path": rel}
     path = Path(root) / rel
+    # "file" lets a caption re-read the image for its context (a column-less key, dropped from the table).
+    row: dict = {"path": rel, "file": str(path)}
     if path.is_symlink() and not path.exists():
         row["error"] = f"dangling symbolic link (its target {path.readlink()} does not exist)"
         return row
@@ -190,20 +191,22 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
             r["top3"] = json.dumps([[lab, round(p, 6)] for lab, p in res.ranked[:3]])
             r["method"] = res.method
         if caption and results:
-            prompt = assistant._prompt([_caption_turn()])
+            # Each image's caption prompt carries its own context line, as in training and in Assistant.caption.
+            prompts = [assistant._prompt([_caption_turn(assistant.context(r["file"]).text)]) for r in good]
             with assistant.inference():
-                out = assistant.model.generate(pixels.to(assistant.device), [prompt] * len(good),
-                                               GenerationConfig(max_new_tokens=96))
+                out = assistant.model.generate(pixels.to(assistant.device), prompts,
+                                               GenerationConfig(max_new_tokens=96), stop_strings=assistant.markers,
+                                               banned_ids=assistant.marker_ids)
             for r, ids in zip(good, out):
-                r["caption"] = assistant.tokenizer.decode(ids).strip()
+                r["caption"] = assistant._before_markers(assistant.tokenizer.decode(ids)).strip()
     return [{c: r.get(c) for c in COLUMNS} for r in batch]
 
 
-def _caption_turn() -> dict:
+def _caption_turn(context: str | None = None) -> dict:
     from slava.data.chat import user_turn
     from slava.teacher.prompts import CAPTION_PROMPT
 
-    return user_turn(CAPTION_PROMPT)
+    return user_turn(CAPTION_PROMPT, context)
 
 
 # -- journal --------------------------------------------------------------------

@@ -59,4 +59,6 @@ def run(args: argparse.Namespace) -> int:
         print(answer.text)
         how = "measured" if answer.source == "measurement" else f"{answer.tokens} tokens"
         print(f"  ({how}, {answer.latency_s * 1000:.0f} ms)")
+        if answer.invented:
+            print(f"  warning: numbers in neither the image context nor the question: {', '.join(answer.invented)}")
     return 0

@@ -11,6 +11,7 @@ base without role tokens:
     {system}
 
     USER: <image>
+    Measured: {image context}
     {question}
     ASSISTANT: {answer}<eos>
     USER: {question 2}
@@ -23,12 +24,17 @@ tokenizer's eos), so the pretrained LM sees the layout it was tuned on:
     {system}<|im_end|>
     <|im_start|>user
     <image>
+    Measured: {image context}
     {question}<|im_end|>
     <|im_start|>assistant
     {answer}<|im_end|>
     <|im_start|>user
     ...
 
+The image context (``slava.measure.context``: what the toolkit and the data
+bar give for the image) sits between the image and the question of the
+image's human turn, as its own line starting ``Measured:``; ``user_turn`` is
+the one place that lays it out and ``question_of`` the one that reads it back.
 Only answer tokens and their closing end-of-turn token are trained on.
 """
 
@@ -48,6 +54,8 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 IGNORE_INDEX = -100
 ROLES = {"human": USER, "gpt": ASSISTANT}
+CONTEXT_PREFIX = "Measured:"
+"""First word of the image-context line of a human turn."""
 CHAT_FORMATS = ("plain", "chatml")
 """``plain``: LLaVA-1.5's text roles; ``chatml``: ``<|im_start|>role ... <|im_end|>`` turns."""
 _EOS_TEXT = {"plain": "</s>", "chatml": IM_END}
@@ -133,9 +141,36 @@ def render_text(conversations: Sequence[dict], eos: str | None = None, chat_form
     return "".join(eos if s.eos else s.text for s in render(conversations, chat_format=chat_format, **kwargs))
 
 
-def user_turn(question: str, with_image: bool = True) -> dict:
-    """A human turn, with the image placeholder in front when ``with_image``."""
-    return {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}" if with_image else question}
+def user_turn(question: str, context: str | None = None, with_image: bool = True) -> dict:
+    """A human turn: the image placeholder (when ``with_image``), the image context line (when given), the question.
+
+    ``context`` is ``slava.measure.context.Context.text``; teachers, the
+    assistant, evaluation and the server all build the first turn here, so
+    the model sees the same bytes in training and at inference.
+    """
+    lines = [IMAGE_TOKEN] if with_image else []
+    if context:
+        if not context.startswith(CONTEXT_PREFIX) or "\n" in context:
+            raise ChatFormatError(f"an image context is one line starting {CONTEXT_PREFIX!r}, got {context!r}")
+        lines.append(context)
+    lines.append(question.strip())
+    return {"from": "human", "value": "\n".join(lines)}
+
+
+def split_human(value: str) -> tuple[str | None, str]:
+    """(image context or None, question) of a human turn's text; the image placeholder is dropped."""
+    context, rest = None, []
+    for line in str(value).replace(IMAGE_TOKEN, "\n").split("\n"):
+        if line.startswith(CONTEXT_PREFIX) and context is None:
+            context = line.strip()
+        elif line.strip():
+            rest.append(line.strip())
+    return context, "\n".join(rest)
+
+
+def question_of(value: str) -> str:
+    """The question of a human turn's text, without image placeholder or context line."""
+    return split_human(value)[1]
 
 
 def encode(

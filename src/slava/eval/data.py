@@ -4,8 +4,8 @@
 tree; references for the test images are then written by the analytic
 teacher on the fly, covering every question family) or an instruction
 records file (``.jsonl`` from ``slava teach``; the test split's records are
-the references, and measurement records whose numbers come from ground truth
-give the counting truth).
+the references, and the ground truth that measurement records keep in
+``meta.truth`` gives the counting truth).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class EvalData:
 
 
 def _question(turns: list[dict]) -> str:
-    return turns[0]["value"].replace("<image>", "").strip()
+    from slava.data.chat import question_of
+
+    return question_of(turns[0]["value"])
 
 
 def _truth_from_quantities(label: str | None, quantities: dict) -> dict:
@@ -92,8 +94,8 @@ def _from_records(path: Path) -> EvalData:
         turns = rec["conversations"]
         family = meta.get("family") or rec["task"]
         item.refs.append(Reference(rec["task"], family, _question(turns), turns[1]["value"]))
-        if rec["task"] == "measure" and meta.get("number_source") == "ground_truth":
-            item.truth.update(_truth_from_quantities(item.label, meta.get("numbers") or {}))
+        if rec["task"] == "measure" and isinstance(meta.get("truth"), dict):
+            item.truth.update(_truth_from_quantities(item.label, meta["truth"]))
     return EvalData(sorted(items.values(), key=lambda it: it.image), str(path))
 
 
@@ -124,7 +126,7 @@ def load_eval_data(source: str | Path) -> EvalData:
 def add_teacher_references(data: EvalData, items: list[EvalItem], seed: int = 0) -> None:
     """Write analytic-teacher caption and VQA references (every family) for ``items`` that have none."""
     from slava.io import load_micrograph
-    from slava.measure import measure
+    from slava.measure.context import micrograph_context
     from slava.teacher.analytic import VQA_FAMILIES, AnalyticTeacher
 
     if data.manifest is None:
@@ -135,6 +137,7 @@ def add_teacher_references(data: EvalData, items: list[EvalItem], seed: int = 0)
         if item.refs:
             continue
         micrograph = load_micrograph(item.image)
-        for rec in teacher.records_for(by_path[item.image], micrograph, measure(micrograph)):
+        context = micrograph_context(micrograph)
+        for rec in teacher.records_for(by_path[item.image], micrograph, context.measurements, context):
             turns = rec["conversations"]
             item.refs.append(Reference(rec["task"], rec["meta"]["family"], _question(turns), turns[1]["value"]))

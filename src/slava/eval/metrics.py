@@ -78,6 +78,38 @@ def text_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     }
 
 
+def has_loop(text: str, n: int = 4, times: int = 3) -> bool:
+    """Whether some word n-gram of ``text`` (``tokenize``) appears ``times`` times or more: the answer loops."""
+    words = tokenize(text)
+    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return any(c >= times for c in counts.values())
+
+
+def marker_count(text: str, markers: Sequence[str]) -> int:
+    """How many times any of ``markers`` (role markers such as ``ASSISTANT:``) occurs in ``text``."""
+    return sum(text.count(m) for m in markers if m)
+
+
+def hygiene(answers: Sequence[dict], markers: Sequence[str]) -> dict:
+    """Invented numbers, role markers and loops over generated answers (``{"answer", "invented"}`` rows).
+
+    The goals are 0 of each; ``examples`` shows up to five offending answers.
+    """
+    bad = []
+    invented = markers_found = loops = with_invented = 0
+    for a in answers:
+        n_inv, n_mark, loop = len(a.get("invented") or ()), marker_count(a["answer"], markers), has_loop(a["answer"])
+        invented += n_inv
+        with_invented += bool(n_inv)
+        markers_found += n_mark
+        loops += loop
+        if (n_inv or n_mark or loop) and len(bad) < 5:
+            bad.append({"answer": a["answer"], "invented": list(a.get("invented") or ()), "role_markers": n_mark,
+                        "loop": loop})
+    return {"generated": len(answers), "invented_numbers": invented, "answers_with_invented": with_invented,
+            "role_markers": markers_found, "loops": loops, "examples": bad}
+
+
 def topk_accuracy(truth: Sequence[str], ranked: Sequence[Sequence[str]], k: int) -> float:
     """Fraction of items whose true label is among the first ``k`` of its ranked labels."""
     _check_pairs(truth, ranked)

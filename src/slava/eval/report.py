@@ -169,6 +169,16 @@ def write_report(metrics: dict, out: Path) -> Path:
                      "<p>BLEU on sacrebleu's 0–100 scale (corpus); METEOR (nltk, WordNet) and ROUGE-L F in 0–1, per answer, averaged.</p>"
                      + _table(rows, ["set", "bleu2", "bleu4", "meteor", "rouge_l", "n"]))
         parts.append(_img(plot_families(text["per_family"], plots / "families.png")))
+        hyg = text.get("hygiene") or {}
+        if hyg.get("generated") is not None:
+            parts.append("<h2>Answer hygiene</h2><p>Over the generated (not measured) answers: numbers in neither the "
+                         "image context nor the question, role markers, and answers repeating a word 4-gram three times "
+                         "(goal 0 each).</p>"
+                         + _table([hyg], ["generated", "invented_numbers", "answers_with_invented", "role_markers", "loops"]))
+            if hyg.get("examples"):
+                parts.append("<ul>" + "".join(
+                    f"<li>{html.escape(e['answer'][:300])} <i>(invented {html.escape(', '.join(e['invented']) or 'none')}"
+                    f"; markers {e['role_markers']}; loop {e['loop']})</i></li>" for e in hyg["examples"]) + "</ul>")
 
     rows = _class_rows(metrics)
     if rows:
@@ -222,7 +232,8 @@ def write_report(metrics: dict, out: Path) -> Path:
         for s in samples:
             ref = f"<p><b>teacher:</b> {html.escape(s['reference'])}</p>" if "reference" in s else \
                 f"<p><b>truth:</b> {html.escape(str(s['truth']))}</p>"
-            cells.append(f"<div class=s>{_thumb(s['image'])}<div><p><b>Q:</b> {html.escape(s['question'])}</p>"
+            context = f"<p><b>context:</b> <code>{html.escape(s['context'])}</code></p>" if s.get("context") else ""
+            cells.append(f"<div class=s>{_thumb(s['image'])}<div>{context}<p><b>Q:</b> {html.escape(s['question'])}</p>"
                          f"<p><b>sLAVA:</b> {html.escape(s['answer'])}</p>{ref}</div></div>")
         parts.append("<h2>Sample questions and answers</h2>" + "".join(cells))
 

@@ -59,6 +59,11 @@ def _goals(m: dict) -> list[dict]:
     shifted = [s.get("student") for k, s in (robust.get("macro_f1") or {}).items() if k != "clean"]
     add("macro-F1 under shift (worst)", min(shifted) if shifted else None, ">= 0.95", lambda v: v >= 0.95)
     add("METEOR vs teacher", ((m.get("text") or {}).get("overall") or {}).get("meteor"), ">= 0.85", lambda v: v >= 0.85)
+    hyg = (m.get("text") or {}).get("hygiene") or {}
+    if hyg.get("generated"):
+        add("invented numbers (greedy)", hyg["invented_numbers"], f"0 in {hyg['generated']} answers", lambda v: v == 0)
+        add("role markers or loops", hyg["role_markers"] + hyg["loops"], f"0 in {hyg['generated']} answers",
+            lambda v: v == 0)
     add("particle-count MAE", ((m.get("counting") or {}).get("particle_count") or {}).get("mae"), "<= 1", lambda v: v <= 1)
     abl = (m.get("classification") or {}).get("image_ablation") or {}
     for kind in ("blank", "shuffled") if abl else ():

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from slava.data.chat import role_markers
 from slava.data.run_labels import SUMMARY_FILE, read_run_labels
 from slava.errors import SlavaError
 from slava.eval import metrics as M
@@ -49,7 +50,11 @@ def stratified(items: Sequence[EvalItem], limit: int | None) -> list[EvalItem]:
 
 
 def text_task(assistant, items: Sequence[EvalItem], max_new_tokens: int = 128, samples: int = 6) -> dict:
-    """Captions and VQA answers (greedy) against the teacher's references: overall, per task and per family."""
+    """Captions and VQA answers (greedy) against the teacher's references: overall, per task and per family.
+
+    ``hygiene`` counts, over the generated (not measured) answers, numbers in
+    neither context nor question, role markers and looping answers (``metrics.hygiene``).
+    """
     rows = []
     for it in items:
         for ref in it.refs:
@@ -61,7 +66,9 @@ def text_task(assistant, items: Sequence[EvalItem], max_new_tokens: int = 128, s
                 continue
             rows.append({"image": it.image, "label": it.label, "task": ref.task, "family": ref.family,
                          "question": ref.question, "reference": ref.answer, "answer": answer.text,
-                         "latency_s": answer.latency_s})
+                         "latency_s": answer.latency_s, "source": answer.source,
+                         "invented": list(getattr(answer, "invented", ()) or ()),
+                         "context": getattr(answer, "context", None)})
     if not rows:
         return {"n": 0}
 
@@ -78,6 +85,8 @@ def text_task(assistant, items: Sequence[EvalItem], max_new_tokens: int = 128, s
         "per_task": {t: scores(v) for t, v in sorted(tasks.items())},
         "per_family": {f: scores(v) for f, v in sorted(groups.items())},
         "mean_latency_s": float(np.mean([r["latency_s"] for r in rows])),
+        "hygiene": M.hygiene([r for r in rows if r["source"] == "model"],
+                             getattr(assistant, "markers", None) or role_markers()),
         "n": len(rows),
         "samples": _samples(rows, samples),
     }

@@ -6,6 +6,12 @@ runs both on `fast_llama`'s decoder; any other LM runs through its own
 forward and cache. Prompts arrive left-padded with a mask, and positions are
 counted over real tokens only, so a padded row decodes exactly like an
 unpadded one.
+
+Hygiene holds for every strategy: decoding stops at the end-of-turn token,
+at ``max_new_tokens``, and where a stop string (a role marker such as
+``ASSISTANT:``) begins, which is cut off; and no token n-gram
+(``GenerationConfig.loop_ngram``) appears a third time: the token that would
+complete it is banned at that step.
 """
 
 from __future__ import annotations
@@ -39,10 +45,14 @@ class GenerationConfig:
     """Softmax temperature of top-p sampling."""
     seed: int | None = None
     """Seed of top-p sampling, for repeatable output; None draws from torch's global generator."""
+    loop_ngram: int = 4
+    """Loop guard: no token n-gram of this length appears a third time in an answer (0 turns it off)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown decoding strategy {self.strategy!r} (one of {', '.join(STRATEGIES)})")
+        if self.loop_ngram < 0 or self.loop_ngram == 1:
+            raise ValueError(f"loop_ngram is 0 (off) or at least 2, got {self.loop_ngram}")
         if self.max_new_tokens < 0 or self.num_beams < 1:
             raise ValueError(f"need max_new_tokens >= 0 and num_beams >= 1, got {self.max_new_tokens}, {self.num_beams}")
 
@@ -116,6 +126,54 @@ def _ban(logits: torch.Tensor, banned_ids: list[int]) -> torch.Tensor:
     return logits
 
 
+MAX_NGRAM_REPEATS = 2
+"""An n-gram may appear this often in an answer; the guard bans the token that would add another."""
+
+
+def loop_bans(tokens: Sequence[int], n: int) -> list[int]:
+    """Tokens that would make the n-gram ending them appear a third time in ``tokens`` (none when ``n`` is 0)."""
+    if n < 2 or len(tokens) < n:
+        return []
+    head = tuple(tokens[len(tokens) - n + 1 :])
+    seen: dict[int, int] = {}
+    for i in range(len(tokens) - n + 1):
+        if tuple(tokens[i : i + n - 1]) == head:
+            t = tokens[i + n - 1]
+            seen[t] = seen.get(t, 0) + 1
+    return [t for t, count in seen.items() if count >= MAX_NGRAM_REPEATS]
+
+
+def _ban_loops(logits: torch.Tensor, rows: Sequence[Sequence[int]], n: int) -> torch.Tensor:
+    for i, row in enumerate(rows):
+        ids = loop_bans(row, n)
+        if ids:
+            logits[i, ids] = float("-inf")
+    return logits
+
+
+class StopStrings:
+    """Where decoded text reaches a stop string: the row ends there and the string is cut off."""
+
+    def __init__(self, strings: Sequence[str], decode: Callable[[list[int]], str] | None):
+        self.strings = [s for s in strings if s]
+        self.decode = decode if self.strings else None
+
+    def cut(self, tokens: list[int]) -> list[int] | None:
+        """``tokens`` shortened to end before the first stop string in their text, or None when there is none."""
+        if self.decode is None or not tokens:
+            return None
+        text = self.decode(tokens)
+        found = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        if not found:
+            return None
+        start = min(found)
+        kept = list(tokens)
+        # Drop tokens until the text ends before the marker (a token may hold text and the marker's start).
+        while kept and len(self.decode(kept).rstrip()) > len(text[:start].rstrip()):
+            kept.pop()
+        return kept
+
+
 def _sample_top_p(logits: torch.Tensor, top_p: float, temperature: float, generator) -> torch.Tensor:
     probs = F.softmax(logits / max(temperature, 1e-5), dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -136,6 +194,8 @@ def generate(
     mask: torch.Tensor | None = None,
     banned_ids: Sequence[int] = (),
     should_stop: Callable[[], bool] | None = None,
+    stop_strings: Sequence[str] = (),
+    decode: Callable[[list[int]], str] | None = None,
 ) -> list[list[int]]:
     """New token ids for each row of prompt embeddings ``embeds`` [B, T, D], stopping at ``eos_id`` (not returned).
 
@@ -143,23 +203,27 @@ def generate(
     real). ``banned_ids`` are never emitted. ``lm`` runs in eval mode and gets
     its mode back. ``should_stop``, when given, is asked between tokens (greedy
     and top-p); True ends every row where it stands (the caller left).
+    ``stop_strings`` (role markers), found in the text ``decode`` gives a row,
+    end that row before them; the tokens returned stop short of the marker.
     """
     if embeds.shape[0] == 0:
         return []
     if mask is None:
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     banned = list(banned_ids)
+    stops = StopStrings(stop_strings, decode)
     with evaluating(lm):
         if config.strategy == "beam":
-            # One search per prompt, on its real tokens only.
-            return [
+            # One search per prompt, on its real tokens only; a marker is cut from the winner.
+            found = [
                 _beam(lm, embeds[i : i + 1, mask[i].bool()], config, eos_id, banned) for i in range(embeds.shape[0])
             ]
-        return _decode(lm, embeds, mask, config, eos_id, banned, should_stop)
+            return [c if (c := stops.cut(row)) is not None else row for row in found]
+        return _decode(lm, embeds, mask, config, eos_id, banned, should_stop, stops)
 
 
 def _decode(lm, embeds, mask, config: GenerationConfig, eos_id: int, banned: list[int],
-            should_stop: Callable[[], bool] | None = None) -> list[list[int]]:
+            should_stop: Callable[[], bool] | None = None, stops: StopStrings | None = None) -> list[list[int]]:
     generator = None if config.seed is None else torch.Generator(device=embeds.device).manual_seed(config.seed)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     steps = _steps(lm, config.max_new_tokens)
@@ -170,7 +234,7 @@ def _decode(lm, embeds, mask, config: GenerationConfig, eos_id: int, banned: lis
         logits = steps.prefill(embeds, mask, positions)
         position = positions[:, -1:]
         for step in range(config.max_new_tokens):
-            logits = _ban(logits, banned)
+            logits = _ban_loops(_ban(logits, banned), out, config.loop_ngram)
             if config.strategy == "greedy":
                 tokens = logits.argmax(dim=-1)
             else:
@@ -179,6 +243,9 @@ def _decode(lm, embeds, mask, config: GenerationConfig, eos_id: int, banned: lis
                 done[i] = done[i] or t == eos_id
                 if not done[i]:
                     out[i].append(t)
+                    cut = stops.cut(out[i]) if stops is not None else None
+                    if cut is not None:
+                        out[i], done[i] = cut, True
             if all(done) or step == config.max_new_tokens - 1 or (should_stop is not None and should_stop()):
                 break
             position = position + 1
@@ -198,20 +265,21 @@ def _beam(lm, embeds, config: GenerationConfig, eos_id: int, banned: list[int]) 
         steps.reorder(torch.zeros(beams, dtype=torch.long))
         return _beam_search(
             steps, logits.repeat(beams, 1), positions[:, -1:].repeat(beams, 1), config.max_new_tokens, beams, eos_id,
-            banned,
+            banned, config.loop_ngram,
         )
     finally:
         steps.finish()
 
 
-def _beam_search(steps, logits, position, max_new_tokens: int, num_beams: int, eos: int, banned: list[int]) -> list[int]:
+def _beam_search(steps, logits, position, max_new_tokens: int, num_beams: int, eos: int, banned: list[int],
+                 loop_ngram: int = 0) -> list[int]:
     # Only the first beam is live at the start, so the first expansion is not duplicated.
     scores = torch.full((num_beams,), float("-inf"))
     scores[0] = 0.0
     beams: list[list[int]] = [[] for _ in range(num_beams)]
     finished: list[tuple[float, list[int]]] = []
     for step in range(max_new_tokens):
-        logp = F.log_softmax(_ban(logits, banned), dim=-1)
+        logp = F.log_softmax(_ban_loops(_ban(logits, banned), beams, loop_ngram), dim=-1)
         vocab = logp.shape[1]
         total = (scores[:, None] + logp).flatten()
         top_scores, top_index = total.topk(2 * num_beams)

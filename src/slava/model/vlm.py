@@ -380,12 +380,15 @@ class SlavaModel(nn.Module):
     @torch.no_grad()
     def generate(
         self, pixels: torch.Tensor | None, input_ids: list[list[int]], config: GenerationConfig | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None, stop_strings: Sequence[str] = (),
+        banned_ids: Sequence[int] = (),
     ) -> list[list[int]]:
         """New tokens for each prompt, end of turn not included; `slava.model.generate.generate` decodes.
 
         `pixels` [B,1,H,W] pairs row b with prompt b (None for text-only prompts);
-        `config` defaults to `GenerationConfig()`. The `<image>` placeholder is never emitted.
+        `config` defaults to `GenerationConfig()`. The `<image>` placeholder and
+        `banned_ids` are never emitted; an answer ends before any of
+        `stop_strings` (role markers) in its decoded text.
         `should_stop` is asked between tokens; True ends the answers there.
         """
         if not input_ids:
@@ -395,8 +398,9 @@ class SlavaModel(nn.Module):
         with evaluating(self):
             embeds = self.embed(ids, None if pixels is None else self.encode_images(pixels))
             return generate(self.lm, embeds, GenerationConfig() if config is None else config,
-                            eos_id=self.tokenizer.eos_id, mask=mask, banned_ids=[self.tokenizer.image_id],
-                            should_stop=should_stop)
+                            eos_id=self.tokenizer.eos_id, mask=mask,
+                            banned_ids=[self.tokenizer.image_id, *banned_ids], should_stop=should_stop,
+                            stop_strings=stop_strings, decode=self.tokenizer.decode)
 
     @torch.no_grad()
     def score_continuations(

@@ -67,8 +67,14 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
     """Run one chat call on the worker thread: count the prompt, fit the context, generate."""
     from slava.model.generate import GenerationConfig
 
+    from slava.assistant.assistant import with_context
+
     tokenizer, model = assistant.tokenizer, assistant.model
-    prompt, _ = encode(call.turns, tokenizer, model.num_image_tokens, add_generation_prompt=True)
+    # The prompt the model will see: the image's context line in its turn, as in training.
+    micrograph = assistant.prepare(call.image)
+    image_context = assistant.context(micrograph)
+    prompt, _ = encode(with_context(call.turns, image_context), tokenizer, model.num_image_tokens,
+                       add_generation_prompt=True)
     context = int(model.cfg.lm.max_len)
     if len(prompt) >= context:
         raise ApiError(400, f"the conversation is {len(prompt)} tokens with the image; this model's context is "
@@ -77,7 +83,7 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
     max_tokens = min(call.max_tokens, context - len(prompt))
     config = GenerationConfig(max_new_tokens=max_tokens, strategy=call.strategy, top_p=call.top_p,
                               temperature=call.temperature)
-    answer = assistant.chat(call.image, call.turns, config, should_stop=call.cancel.is_set)
+    answer = assistant.chat(micrograph, call.turns, config, should_stop=call.cancel.is_set, context=image_context)
     completion = answer.tokens if answer.source == "model" else len(tokenizer.encode(answer.text))
     return ChatResult(answer, len(prompt), completion, max_tokens)
 
@@ -234,7 +240,8 @@ async def chat_completions(request: Request):
                      "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage,
         # Extra, ignored by OpenAI clients: whether the toolkit measured the answer, and its numbers.
-        "slava": finite({"source": answer.source, "numbers": answer.numbers, "latency_s": answer.latency_s}),
+        "slava": finite({"source": answer.source, "numbers": answer.numbers, "latency_s": answer.latency_s,
+                         "invented": list(answer.invented), "context": answer.context}),
     }
 
 

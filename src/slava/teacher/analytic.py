@@ -2,11 +2,17 @@
 
 For each image it writes a detailed caption, VQA answers over the ten
 question families, a closed-set classification record and counting/measuring
-records. What it states comes from three sources only: the ground truth of a
-synthetic image (``entry.meta``), the classical measurements, and the class
-label with the expert knowledge the teacher holds about that class. Every
-number goes through :class:`~slava.teacher.phrasing.Numbers`, so a record's
-``meta.numbers`` lists exactly the numbers its answer states.
+records. Caption, VQA and measurement records carry the image context
+(``slava.measure.context``) in their human turn, and every number an answer
+states is a number of that context: the student sees the same line at
+inference, so it can learn to quote, never to guess. Ground truth of a
+synthetic image stays out of the answers; measurement records keep it in
+``meta.truth`` for evaluation. The rest of an answer is the class label with
+the expert knowledge the teacher holds about that class, chosen by a rule
+(class and family), not by chance per image, so an answer is a function of
+(class, context, family). Every number goes through
+:class:`~slava.teacher.phrasing.Numbers`, so a record's ``meta.numbers``
+lists exactly the numbers its answer states.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from slava.data.chat import user_turn
 from slava.data.records import TASKS
 from slava.data.taxonomy import CLASS_NAMES, CLASSES
+from slava.measure.context import Context, image_context
 from slava.measure.record import Measurements
 from slava.teacher import phrasing
 from slava.teacher.phrasing import Numbers
@@ -51,31 +59,22 @@ class _Fact:
     unit: str
 
 
-# Ground-truth quantity key -> (measure kind, unit, factor). Fractions are stated in percent.
-_TRUTH_KEYS = {
-    "particle_count": ("particle_count", "", 1),
-    "object_count": ("particle_count", "", 1),
-    "grain_count": ("particle_count", "", 1),
-    "mean_diameter_nm": ("mean_diameter", "nm", 1),
-    "mean_grain_size_nm": ("grain_size", "nm", 1),
-    "coverage": ("coverage", "%", 100),
-    "fibre_count": ("fibre_count", "", 1),
-    "mean_width_nm": ("mean_width", "nm", 1),
-    "mean_length_nm": ("mean_length", "nm", 1),
-    "orientation_deg": ("orientation", "deg", 1),
-    "pore_fraction": ("pore_fraction", "%", 100),
-    "mean_pore_size_nm": ("mean_pore_size", "nm", 1),
-    "mean_ligament_size_nm": ("ligament_width", "nm", 1),
-    "pitch_nm": ("pitch", "nm", 1),
-    "feature_size_nm": ("feature_size", "nm", 1),
-    "line_width_nm": ("feature_size", "nm", 1),
-    "gap_nm": ("gap", "nm", 1),
-    "apex_radius_nm": ("apex_radius", "nm", 1),
-    "cone_half_angle_deg": ("cone_angle", "deg", 1),
+# Context number -> (measure kind, unit: "u" for the image's length unit). Fractions are stated in percent.
+_CONTEXT_FACTS = {
+    "particle_count": ("particle_count", ""),
+    "mean_diameter": ("mean_diameter", "u"),
+    "coverage": ("coverage", "%"),
+    "fibre_count": ("fibre_count", ""),
+    "mean_width": ("mean_width", "u"),
+    "pore_fraction": ("pore_fraction", "%"),
+    "mean_pore_size": ("mean_pore_size", "u"),
+    "pitch": ("pitch", "u"),
+    "magnification": ("magnification", ""),
+    "hv_kv": ("hv_kv", "kV"),
 }
-_SPREAD_KEYS = ("particle_diameters_nm", "grain_sizes_nm", "fibre_widths_nm")
-# A tip's orientation is where it points, not an alignment of many objects.
-_TRUTH_SKIP = {"tips": ("orientation_deg",)}
+# Ground-truth quantities a measurement record keeps in ``meta.truth`` (for evaluation, never stated).
+_TRUTH_KEYS = ("particle_count", "object_count", "grain_count", "mean_diameter_nm", "fibre_count", "mean_width_nm",
+               "pore_fraction", "mean_pore_size_nm", "pitch_nm", "coverage")
 # Which measurement groups say something meaningful about each class.
 _CLASS_GROUPS = {
     "particles": ("particles",),
@@ -91,8 +90,8 @@ _CLASS_GROUPS = {
 }
 _GROUP_OF = {
     "particle_count": "particles", "mean_diameter": "particles", "coverage": "particles",
-    "fibre_count": "fibres", "mean_width": "fibres", "mean_length": "fibres", "orientation": "fibres",
-    "pore_fraction": "pores", "mean_pore_size": "pores",
+    "fibre_count": "fibres", "mean_width": "fibres", "pore_fraction": "pores", "mean_pore_size": "pores",
+    "pitch": "periodicity",
 }
 # Nouns for what image analysis separates when the class is unknown (or its own noun would leak).
 _NEUTRAL_NOUNS = {
@@ -106,7 +105,6 @@ _SIZE_KINDS = (
     "ligament_width", "gap", "mean_length",
 )
 _COUNT_KINDS = ("particle_count", "fibre_count")
-_MIN_PERIODIC_STRENGTH = 0.2
 _NM = re.compile(r"\bnm\b")
 
 
@@ -115,13 +113,14 @@ class _Image:
     """What is known about one image, gathered once for all of its records."""
 
     rng: random.Random
+    """Picks the questions (which families, which wording); never an answer's wording."""
     cls: str | None
     name: str | None
     facts_kb: dict[str, tuple[str, ...]]
     facts: dict[str, _Fact]
     nouns: tuple[str, str] | None
-    from_truth: bool
     calibrated: bool
+    context: Context
     spread: str | None = None
     qualities: list[str] = field(default_factory=list)
     brightness: str | None = None
@@ -136,7 +135,8 @@ class AnalyticTeacher:
     ``no_label_leak``: keep every word of every class name out of all answers
     except classification ones, so zero-shot classification of held-out
     classes stays honest; ``seed``: with the image's sha256, picks the
-    phrasings, so the output is deterministic per (seed, image);
+    questions (families, wordings, candidate order), so the output is
+    deterministic per (seed, image); answers depend on (class, context) only;
     ``labels``: the classes known to the teacher (ids, or a mapping id ->
     human name), default the synthetic classes; they are the candidates of
     the classification record.
@@ -189,35 +189,37 @@ class AnalyticTeacher:
 
     # ------------------------------------------------------------------ records
 
-    def records_for(self, entry: ManifestEntry, micrograph: Micrograph, measurements: Measurements) -> list[dict]:
+    def records_for(self, entry: ManifestEntry, micrograph: Micrograph | None, measurements: Measurements,
+                    context: Context | None = None) -> list[dict]:
         """All instruction records of one image.
 
-        ``micrograph`` is the loaded image; its pixel size is already in
-        ``measurements``, which is what the teacher reads. A label the
-        teacher did not know joins its classes (and, in no-leak mode, the
+        ``measurements`` are the image's (``micrograph_context(micrograph).measurements``);
+        ``context`` its context, by default written from them
+        (``image_context`` with the micrograph's calibration source). A label
+        the teacher did not know joins its classes (and, in no-leak mode, the
         words kept out of answers).
         """
-        del micrograph  # the teacher states only what measurements and ground truth hold
+        if context is None:
+            context = image_context(measurements, calibration_source=getattr(micrograph, "pixel_size_source", None))
         meta_in = entry.meta if isinstance(entry.meta, dict) else {}
         cls = entry.label or meta_in.get("class")
         if cls is not None and cls not in self.names:
             self.names[cls] = label_name(cls)
             self._build_pools()
-        img = self._gather(entry, meta_in, cls, measurements)
+        img = self._gather(entry, cls, measurements, context)
+        truth = _truth(meta_in)
         entry_id = meta_in.get("id") if isinstance(meta_in.get("id"), str) else Path(entry.relpath).with_suffix("").as_posix()
         records: list[dict] = []
 
-        def add(task: str, k: int, family: str, question: str, answer: str, nums: Numbers, **extra) -> None:
-            source = None
-            if nums.values:
-                source = "ground_truth" if img.from_truth else "measurement"
+        def add(task: str, k: int, family: str, question: str, answer: str, nums: Numbers, grounded: bool = True,
+                **extra) -> None:
             meta = {
                 "family": family,
                 "class": cls,
                 "source": "analytic",
                 "prompt_version": self.prompt_version,
                 "numbers": nums.values,
-                "number_source": source,
+                "number_source": "context" if nums.values else None,
                 "split": entry.split,
                 **extra,
             }
@@ -225,7 +227,8 @@ class AnalyticTeacher:
                 "id": f"{entry_id}-{task}-{k}",
                 "image": entry.relpath,
                 "task": task,
-                "conversations": [user_turn(question), {"from": "gpt", "value": answer}],
+                "conversations": [user_turn(question, context.text if grounded else None),
+                                  {"from": "gpt", "value": answer}],
                 "meta": meta,
             })
 
@@ -241,8 +244,9 @@ class AnalyticTeacher:
         if "classify" in self.tasks and cls is not None:
             candidates = list(self.names)
             rng.shuffle(candidates)
+            # No context: classification scores one shared prompt for a whole batch of images (see CONTEXT_TASKS).
             add("classify", 0, "classification", classify_prompt(candidates, self.names),
-                classify_answer(cls, self.names), Numbers())
+                classify_answer(cls, self.names), Numbers(), grounded=False)
         if "measure" in self.tasks:
             k = 0
             for kind, fact in img.facts.items():
@@ -253,95 +257,52 @@ class AnalyticTeacher:
                 answer = self._quantity_sentence(img, kind, nums)
                 if not img.calibrated and fact.unit == "px":
                     answer = _join(answer, self._template(img, "uncalibrated"))
-                add("measure", k, "measurement", rng.choice(questions), answer, nums, measure_kind=kind)
+                extra = {"truth": truth} if truth else {}
+                add("measure", k, "measurement", rng.choice(questions), answer, nums, measure_kind=kind, **extra)
                 k += 1
         return records
 
     # ----------------------------------------------------------- gathering
 
-    def _gather(self, entry: ManifestEntry, meta_in: dict, cls: str | None, m: Measurements) -> _Image:
-        """Facts, nouns and qualities of one image, from ground truth or measurements."""
+    def _gather(self, entry: ManifestEntry, cls: str | None, m: Measurements, context: Context) -> _Image:
+        """Facts (the context's numbers), nouns and qualities of one image."""
         rng = random.Random(f"{self.seed}:{entry.sha256}")
-        truth = meta_in if isinstance(meta_in.get("quantities"), dict) else None
         kb = self._kb.get(cls, {}) if cls is not None else {}
         name = None if (self.no_label_leak or cls is None) else self.names[cls]
         img = _Image(
             rng=rng, cls=cls, name=name, facts_kb={k: v for k, v in kb.items() if v}, facts={},
-            nouns=None, from_truth=truth is not None, calibrated=False,
+            nouns=None, calibrated=context.unit == "nm", context=context,
         )
-        if truth is not None:
-            self._facts_from_truth(img, truth)
-        else:
-            self._facts_from_measurements(img, m)
+        self._facts_from_context(img, m, context)
         if len(kb.get("nouns", ())) == 2:
             img.nouns = tuple(kb["nouns"])
         self._qualities(img, m)
         return img
 
-    def _facts_from_truth(self, img: _Image, truth: dict) -> None:
-        q = truth["quantities"]
-        skip = _TRUTH_SKIP.get(img.cls, ())
-        for key, (kind, unit, factor) in _TRUTH_KEYS.items():
-            value = None if key in skip else q.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                name = key if factor == 1 else f"{kind}_pct"
-                img.facts[kind] = _Fact(name, value * factor if factor != 1 else value, unit)
-        for key in _SPREAD_KEYS:
-            if isinstance(q.get(key), list):
-                img.spread = _spread(q[key])
-        order = q.get("orientation_order")
-        if isinstance(order, (int, float)) and img.cls in ("fibres", "nanowires"):
-            img.alignment = "aligned" if order > 0.7 else "random" if order < 0.3 else None
-        size = truth.get("pixel_size_nm")
-        if isinstance(size, (int, float)) and size > 0:
-            img.calibrated = True
-            img.facts["pixel_size"] = _Fact("pixel_size_nm", size, "nm")
-            width = truth.get("field_width_nm")
-            if isinstance(width, (int, float)):
-                img.facts["field_width"] = _Fact("field_width_nm", width, "nm")
-        mag = truth.get("magnification")
-        if isinstance(mag, (int, float)) and mag > 0:
-            img.facts["magnification"] = _Fact("magnification", mag, "")
-
-    def _facts_from_measurements(self, img: _Image, m: Measurements) -> None:
-        unit = m.unit
-        img.calibrated = m.pixel_size_nm is not None
+    def _facts_from_context(self, img: _Image, m: Measurements, context: Context) -> None:
+        """The context's numbers as facts, for the measurement groups that describe the class."""
+        unit = context.unit
+        numbers = context.numbers
         groups = _CLASS_GROUPS.get(img.cls) if img.cls in _CLASS_GROUPS else None
-        p, f, o, per = m.particles, m.fibres, m.pores, getattr(m, "periodicity", None)
-        found = {
-            "particles": p is not None and p.count > 0,
-            "fibres": f is not None and f.count > 0,
-            "pores": o is not None and o.count > 0 and o.pore_fraction > 0,
-            "periodicity": per is not None and per.pitch is not None and per.strength >= _MIN_PERIODIC_STRENGTH,
-        }
-        use = [g for g in (groups if groups is not None else found) if found[g]]
-        facts = img.facts
-        if "particles" in use:
-            facts["particle_count"] = _Fact("particle_count", int(p.count), "")
-            if p.mean_diameter is not None:
-                facts["mean_diameter"] = _Fact(f"mean_diameter_{unit}", p.mean_diameter, unit)
-            facts["coverage"] = _Fact("coverage_pct", 100 * p.coverage, "%")
-            img.spread = _spread(p.diameters_px)
-        if "fibres" in use:
-            facts["fibre_count"] = _Fact("fibre_count", int(f.count), "")
-            if f.mean_width is not None:
-                facts["mean_width"] = _Fact(f"mean_width_{unit}", f.mean_width, unit)
-            if f.orientation_deg is not None:
-                facts["orientation"] = _Fact("orientation_deg", f.orientation_deg, "deg")
-            if groups is not None and f.orientation_spread_deg is not None:
-                img.alignment = "aligned" if f.orientation_spread_deg < 20 else "random" if f.orientation_spread_deg > 40 else None
-            img.spread = img.spread or _spread(f.widths_px)
-        if "pores" in use:
-            facts["pore_fraction"] = _Fact("pore_fraction_pct", 100 * o.pore_fraction, "%")
-            if o.mean_pore_size is not None:
-                facts["mean_pore_size"] = _Fact(f"mean_pore_size_{unit}", o.mean_pore_size, unit)
-            if o.mean_ligament_width is not None:
-                facts["ligament_width"] = _Fact(f"ligament_width_{unit}", o.mean_ligament_width, unit)
-        if "periodicity" in use:
-            facts["pitch"] = _Fact(f"pitch_{unit}", per.pitch, unit)
+        for key, (kind, fact_unit) in _CONTEXT_FACTS.items():
+            if key not in numbers:
+                continue
+            group = _GROUP_OF.get(kind)
+            if group is not None and groups is not None and group not in groups:
+                continue
+            fact_unit = unit if fact_unit == "u" else fact_unit
+            name = {"%": f"{kind}_pct", "nm": f"{kind}_nm", "px": f"{kind}_px"}.get(fact_unit, kind)
+            img.facts[kind] = _Fact(name, numbers[key], fact_unit)
         if img.calibrated:
-            facts["pixel_size"] = _Fact("pixel_size_nm", m.pixel_size_nm, "nm")
-            facts["field_width"] = _Fact("field_width_nm", m.field_width, "nm")
+            img.facts["pixel_size"] = _Fact("pixel_size_nm", numbers["pixel_size"], "nm")
+            img.facts["field_width"] = _Fact("field_width_nm", numbers["field_width"], "nm")
+        if "particle_count" in img.facts and m.particles is not None:
+            img.spread = _spread(m.particles.diameters_px)
+        if "fibre_count" in img.facts and m.fibres is not None:
+            img.spread = img.spread or _spread(m.fibres.widths_px)
+            spread = m.fibres.orientation_spread_deg
+            if groups is not None and spread is not None:
+                img.alignment = "aligned" if spread < 20 else "random" if spread > 40 else None
 
     def _qualities(self, img: _Image, m: Measurements) -> None:
         t = m.texture
@@ -360,26 +321,26 @@ class AnalyticTeacher:
     # ----------------------------------------------------------- sentences
 
     def _template(self, img: _Image, key: str, **fields) -> str:
-        """A random frame of ``TEMPLATES[key]`` filled in; empty when no frame survives the leak filter."""
+        """The frame of ``TEMPLATES[key]`` the class picks, filled in; empty when no frame survives the leak filter."""
         pool = self._templates.get(key, ())
-        return img.rng.choice(pool).format(**fields) if pool else ""
+        return _pick(pool, img.cls, key).format(**fields) if pool else ""
 
     def _quality(self, img: _Image, key: str | None, **fields) -> str:
         pool = self._quality_pools.get(key, ()) if key else ()
-        return img.rng.choice(pool).format(**fields) if pool else ""
+        return _pick(pool, img.cls, f"quality:{key}").format(**fields) if pool else ""
 
     def _fact_sentence(self, img: _Image, family: str) -> str:
         pool = img.facts_kb.get(family, ())
-        return img.rng.choice(pool) if pool else ""
+        return _pick(pool, img.cls, f"fact:{family}") if pool else ""
 
     def _generic_sentence(self, img: _Image, key: str) -> str:
         pool = self._generic.get(key, ())
-        return img.rng.choice(pool) if pool else ""
+        return _pick(pool, img.cls, f"generic:{key}") if pool else ""
 
     def _q(self, fact: _Fact, nums: Numbers) -> str:
         """A fact as stated text: number and unit."""
         text = nums.say(fact.name, fact.value)
-        return {"": text, "%": f"{text} %", "deg": f"{text}°"}.get(fact.unit, f"{text} {fact.unit}")
+        return {"": text, "%": f"{text} %"}.get(fact.unit, f"{text} {fact.unit}")
 
     def _noun(self, img: _Image, kind: str, plural: bool = True) -> str:
         group = next(iter(_CLASS_GROUPS.get(img.cls) or ()), None) or _GROUP_OF.get(kind)
@@ -392,7 +353,7 @@ class AnalyticTeacher:
         if not pool:
             return ""
         plural = not (kind in _COUNT_KINDS and fact.value == 1)
-        return img.rng.choice(pool).format(q=self._q(fact, nums), noun=self._noun(img, kind, plural))
+        return _pick(pool, img.cls, f"quantity:{kind}").format(q=self._q(fact, nums), noun=self._noun(img, kind, plural))
 
     def _main_size(self, img: _Image) -> str | None:
         return next((k for k in _SIZE_KINDS if k in img.facts), None)
@@ -439,7 +400,7 @@ class AnalyticTeacher:
         what = img.facts_kb.get("what")
         if what:
             named = f"{key}_named" if img.name and f"{key}_named" in self._templates else key
-            return self._template(img, named, name=img.name, what=img.rng.choice(what))
+            return self._template(img, named, name=img.name, what=_pick(what, img.cls, "what"))
         return ""
 
     # ----------------------------------------------------------- families
@@ -491,8 +452,9 @@ class AnalyticTeacher:
         return self._fact_sentence(img, "context") or self._generic_sentence(img, "context")
 
     def _imaging(self, img: _Image, nums: Numbers) -> str:
-        return _join(self._generic_sentence(img, "imaging"), self._field_sentence(img, nums),
-                          self._quality(img, img.brightness))
+        beam = self._template(img, "beam", hv=self._q(img.facts["hv_kv"], nums)) if "hv_kv" in img.facts else ""
+        return _join(self._generic_sentence(img, "imaging"), self._field_sentence(img, nums), beam,
+                     self._quality(img, img.brightness))
 
     def _function(self, img: _Image, nums: Numbers) -> str:
         return self._fact_sentence(img, "function") or self._generic_sentence(img, "function")
@@ -506,6 +468,17 @@ class AnalyticTeacher:
         "function": _function, "applications": _applications,
     }
     """VQA family → the method that answers it (one per ``QUESTIONS`` family)."""
+
+
+def _pick(pool: Sequence[str], cls: str | None, key: str) -> str:
+    """The sentence of ``pool`` that class ``cls`` uses for ``key``: a fixed rule, so the student can learn it."""
+    return pool[zlib.crc32(f"{cls}:{key}".encode()) % len(pool)]
+
+
+def _truth(meta: dict) -> dict:
+    """The ground-truth quantities of a synthetic image that evaluation compares measurements with."""
+    q = meta.get("quantities") if isinstance(meta.get("quantities"), dict) else {}
+    return {k: q[k] for k in _TRUTH_KEYS if isinstance(q.get(k), (int, float)) and not isinstance(q.get(k), bool)}
 
 
 def _join(*sentences: str) -> str:

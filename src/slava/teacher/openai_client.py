@@ -6,6 +6,12 @@ data bar already cropped, goes as a PNG data URL; the answer comes back as one
 JSON object holding a caption, question answers, a class and a count/size,
 which is validated, repaired once when invalid, and turned into LLaVA records.
 
+The request carries the image context (``slava.measure.context``) with the
+instruction to state no other number, and the records carry it in their
+human turn, as the analytic teacher's do. A reply stating a number that is in
+neither the context nor its question is invalid like any other garbage: it
+gets the repair round, then goes to the rejects file with the numbers named.
+
 Transport failures (429, 5xx, timeouts) are retried with exponential backoff
 and jitter, honouring ``Retry-After``; a token budget stops new work cleanly.
 """
@@ -29,8 +35,11 @@ import httpx
 import numpy as np
 
 from slava.data.chat import user_turn
+from slava.data.numbers import format_number, invented_numbers
 from slava.data.records import FAMILIES, TASKS, validate_record
 from slava.errors import SlavaError
+from slava.measure import MeasureError
+from slava.measure.context import Context, micrograph_context
 from slava.teacher import prompts
 from slava.teacher.phrasing import Numbers
 from slava.teacher.runner import TeachResult, make_cache_key
@@ -49,7 +58,8 @@ _MAX_RAW_CHARS = 2000
 SYSTEM_TEXT = (
     "You are an expert electron microscopist writing training data for a small "
     "assistant that reads SEM and TEM micrographs of materials. Describe only what "
-    "is visible; give lengths in nm. Reply with one JSON object and nothing else."
+    "is visible; give lengths in nm. State no number that is not in the image context "
+    "or in the question. Reply with one JSON object and nothing else."
 )
 
 
@@ -247,6 +257,24 @@ def validate_answer(
     return out, None
 
 
+def ungrounded(answer: dict, context: Context) -> str | None:
+    """Why a validated answer states numbers the image context and its question do not hold (None when it does not)."""
+    stated = []
+    if "caption" in answer:
+        stated.append(("caption", answer["caption"], prompts.CAPTION_PROMPT))
+    for item in answer.get("qa", []):
+        stated.append((f"the {item['family']} answer", item["answer"], item["question"]))
+    m = answer.get("measurements") or {}
+    for name in ("count", "mean_size_nm"):
+        if m.get(name) is not None:
+            stated.append((f"measurements.{name}", format_number(m[name]), ""))
+    problems = [f"{where} states {', '.join(found)}" for where, text, question in stated
+                if (found := invented_numbers(text, context.text, question))]
+    if not problems:
+        return None
+    return "numbers not in the image context: " + "; ".join(problems)
+
+
 def _measure_pairs(m: dict, rng: random.Random) -> list[tuple[str, str, dict]]:
     """(question, answer, numbers) for each measurement stated, in the shared wordings."""
     if m["feature"] not in FEATURE_KINDS:
@@ -303,7 +331,7 @@ class OpenAITeacher:
                 sort_keys=True,
             ).encode()
         )
-        self.prompt_version = "openai-v1-" + digest.hexdigest()[:8]
+        self.prompt_version = "openai-v2-" + digest.hexdigest()[:8]
 
     def prepare(self, entries: Sequence[Any]) -> None:
         """Take the class labels from the data when none were given."""
@@ -356,20 +384,15 @@ class OpenAITeacher:
     def _truth(self, entry: Any) -> str | None:
         return entry.label if self.labels and entry.label in self.labels else None
 
-    def _prompt(self, entry: Any, micrograph: Any, want: list[str], questions: list[dict]) -> str:
+    def _prompt(self, entry: Any, context: Context, want: list[str], questions: list[dict]) -> str:
         schema: dict[str, Any] = {}
-        lines = []
-        h, w = micrograph.pixels.shape[:2]
-        about = f"The image is an electron micrograph, {w}×{h} px"
-        if micrograph.pixel_size_nm:
-            nm = micrograph.pixel_size_nm
-            about += f", {nm:.4g} nm per pixel (field width {w * nm:.4g} nm)"
-        lines.append(about + ".")
-        from slava.io import read_instrument
-
-        inst = read_instrument(micrograph) if hasattr(micrograph, "bar_pixels") else None
-        if inst is not None and inst.summary():
-            lines.append(f"The instrument's data bar reads: {inst.summary()}.")
+        lines = [
+            "The image is an electron micrograph. Image context, measured by image analysis and read from the "
+            "data bar (lengths in nm where calibrated, else px):",
+            context.text,
+            "Every number you state must be one of the image context's numbers, written as it is written there, "
+            "or a number of the question.",
+        ]
         if entry.label and not self.no_label_leak:
             lines.append(f"The sample is known to be: {entry.label}.")
         if "caption" in want:
@@ -389,8 +412,8 @@ class OpenAITeacher:
                 "mean_size_nm": "number or null",
             }
             lines.append(
-                '"measurements": name the main kind of feature, count those features and give their mean '
-                "size (diameter, width or pore size) in nm; use null for what cannot be judged."
+                '"measurements": name the main kind of feature and copy its count and mean size (diameter, width '
+                "or pore size) in nm from the image context; use null for what the context does not give."
             )
         lines.append("Reply with only a JSON object of this shape: " + json.dumps(schema, ensure_ascii=False))
         return "\n".join(lines)
@@ -407,12 +430,16 @@ class OpenAITeacher:
         if not want:
             return TeachResult(records=[], reject="no task applies to this image", retryable=False)
         image_url = await asyncio.to_thread(encode_image, micrograph.pixels, self.config.image_max_side)
+        try:
+            context = await asyncio.to_thread(micrograph_context, micrograph)
+        except MeasureError as exc:
+            return TeachResult(records=[], reject=f"unusable image: {exc}", retryable=False)
         messages: list[dict] = [
             {"role": "system", "content": SYSTEM_TEXT},
             {
                 "role": "user",
                 "content": [
-                    {"type": "text", "text": self._prompt(entry, micrograph, want, questions)},
+                    {"type": "text", "text": self._prompt(entry, context, want, questions)},
                     {"type": "image_url", "image_url": {"url": image_url}},
                 ],
             },
@@ -431,7 +458,10 @@ class OpenAITeacher:
             spent += tokens
             answer, reason = validate_answer(content, want, self.labels or (), field_width, max_count)
             if answer is not None:
-                records, problem = self._records(entry, key, answer, rng)
+                reason = ungrounded(answer, context)
+                answer = None if reason else answer
+            if answer is not None:
+                records, problem = self._records(entry, key, answer, rng, context)
                 if problem is None:
                     return TeachResult(records=records, tokens=spent)
                 reason = problem
@@ -450,7 +480,8 @@ class OpenAITeacher:
             records=[], reject=f"invalid answer after repair: {reason}", retryable=False, tokens=spent, raw=raw
         )
 
-    def _records(self, entry: Any, key: str, answer: dict, rng: random.Random) -> tuple[list[dict], str | None]:
+    def _records(self, entry: Any, key: str, answer: dict, rng: random.Random,
+                 context: Context) -> tuple[list[dict], str | None]:
         meta = {"class": entry.label, "source": self.source, "prompt_version": self.prompt_version}
         pairs: list[tuple[str, str, str, str, dict]] = []
         if "caption" in answer:
@@ -469,7 +500,8 @@ class OpenAITeacher:
                 "id": f"{key[:16]}-{i:02d}",
                 "image": entry.relpath,
                 "task": task,
-                "conversations": [user_turn(question), {"from": "gpt", "value": text}],
+                "conversations": [user_turn(question, None if task == "classify" else context.text),
+                                  {"from": "gpt", "value": text}],
                 "meta": {"family": family, **meta, **extra},
             }
             problems = validate_record(rec)

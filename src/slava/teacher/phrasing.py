@@ -7,12 +7,12 @@ once, remembers the rounded value under a name and returns its text, so the
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Iterable
 
-SIGNIFICANT = 3
-"""Significant figures of every non-integer number a teacher states."""
+from slava.data.numbers import SIGNIFICANT, format_number
+
+__all__ = ["SIGNIFICANT", "Numbers", "banned_stems", "format_number", "leaks", "stem"]
 
 _WORD = re.compile(r"[A-Za-z]+")
 # Longest first: a word loses at most one of these, keeping three letters.
@@ -27,28 +27,6 @@ _SYNONYMS = {
     "particl": ("particulate",),
     "mem": ("mems",),
 }
-
-
-def format_number(value: float | int) -> str:
-    """``value`` as text: integers exactly, other numbers to three significant figures."""
-    if isinstance(value, bool):
-        raise TypeError("a boolean is not a number to state")
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"cannot state the non-finite number {value}")
-    if value == 0:
-        return "0"
-    decimals = SIGNIFICANT - 1 - math.floor(math.log10(abs(value)))
-    rounded = round(value, decimals)
-    # Rounding can carry into a new digit (9.996 -> 10.0): recount the decimals.
-    if rounded != 0 and math.floor(math.log10(abs(rounded))) != math.floor(math.log10(abs(value))):
-        decimals -= 1
-        rounded = round(value, decimals)
-    if decimals <= 0:
-        return str(int(rounded))
-    return f"{rounded:.{decimals}f}".rstrip("0").rstrip(".")
 
 
 class Numbers:
@@ -488,8 +466,12 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "The image spans {field} at a pixel size of {pixel}.",
     ),
     "magnification": (
-        "It was recorded at a magnification of about {mag}x, giving a field of view {field} wide.",
-        "At roughly {mag}x magnification the field of view is {field} wide.",
+        "It was recorded at {mag}x magnification, giving a field of view {field} wide.",
+        "At {mag}x magnification the field of view is {field} wide.",
+    ),
+    "beam": (
+        "The data bar gives a beam energy of {hv}.",
+        "The beam energy was {hv}.",
     ),
     "uncalibrated": (
         "No pixel size or scale bar is known, so sizes are given in pixels.",

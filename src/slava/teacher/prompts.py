@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from slava.data.taxonomy import class_name
 
-PROMPT_VERSION = "analytic-1"
+PROMPT_VERSION = "analytic-2"
 """Changes whenever a wording below changes, so cached teacher output is redone."""
 
 QUESTIONS: dict[str, tuple[str, ...]] = {
@@ -173,10 +173,23 @@ def label_name(label: str, names: Mapping[str, str] | None = None) -> str:
     return class_name(label)
 
 
+_CLASSIFY_HEAD = "Which of these categories best describes this micrograph: "
+_CLASSIFY_TAIL = "? Answer with the category name."
+
+
 def classify_prompt(labels: Sequence[str], names: Mapping[str, str] | None = None) -> str:
-    """The one classification prompt, listing the candidate classes' human names in the given order."""
+    """The one classification prompt, listing the candidate classes' human names in the given order.
+
+    It carries no image context (teachers write it without, and zero-shot
+    scoring shares one prompt across a batch of images): see ``is_classify_prompt``.
+    """
     listed = ", ".join(label_name(label, names) for label in labels)
-    return f"Which of these categories best describes this micrograph: {listed}? Answer with the category name."
+    return f"{_CLASSIFY_HEAD}{listed}{_CLASSIFY_TAIL}"
+
+
+def is_classify_prompt(question: str) -> bool:
+    """Whether ``question`` is a ``classify_prompt``: the one question asked without the image context."""
+    return question.startswith(_CLASSIFY_HEAD) and question.endswith(_CLASSIFY_TAIL)
 
 
 CLASSIFY_PROMPT = classify_prompt

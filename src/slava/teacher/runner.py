@@ -93,19 +93,20 @@ class AnalyticBackend:
     def __call__(self, entry: Any) -> TeachResult:
         from slava.io import load_micrograph
         from slava.io.micrograph import MicrographError
-        from slava.measure import MeasureError, measure
+        from slava.measure import MeasureError
+        from slava.measure.context import micrograph_context
 
         try:
             micrograph = load_micrograph(entry.path)
         except MicrographError as exc:
             return TeachResult(reject=f"unreadable image: {exc.cause}")
         try:
-            measured = measure(micrograph)
+            context = micrograph_context(micrograph)
         except MeasureError as exc:
             # The image itself is unusable (too small, blank): the same every run, so never retried.
             return TeachResult(reject=f"unusable image: {exc}")
         try:
-            records = self.teacher.records_for(entry, micrograph, measured)
+            records = self.teacher.records_for(entry, micrograph, context.measurements, context)
         except Exception as exc:  # one odd image must not end a run of thousands
             return TeachResult(reject=f"analytic teacher failed: {type(exc).__name__}: {exc}", retryable=True)
         return TeachResult(records=records)

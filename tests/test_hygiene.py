@@ -1,0 +1,121 @@
+"""Generation hygiene on crafted logits: a model that wants to loop, to write a role marker, to run on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config
+
+from slava.data.chat import role_markers
+from slava.eval.metrics import has_loop, hygiene, marker_count
+from slava.model.generate import GenerationConfig, StopStrings, generate, loop_bans
+
+VOCAB = 12
+PIECES = {0: "<eos>", 1: "SEM", 2: " image.", 3: "\n", 4: "ASSIST", 5: "ANT:", 6: " A cone", 7: "<|im_start|>",
+          8: " of", 9: " a", 10: " tip", 11: "."}
+
+
+def decode(ids: list[int]) -> str:
+    return "".join(PIECES[i] for i in ids)
+
+
+class ScriptedLM(nn.Module):
+    """A causal LM whose next token is a fixed function of the last one (``follow``); the prompt leads to ``first``.
+
+    Each step's second choice is token ``fallback``, so a ban shows as that token; the end of turn (0) is
+    the last choice unless ``follow`` names it. Not a Llama, so
+    decoding runs through the generic HF path like any other architecture.
+    """
+
+    def __init__(self, follow: dict[int, int], first: int, fallback: int = 11):
+        super().__init__()
+        self.config = GPT2Config(n_layer=1, n_head=1, n_embd=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
+        self.embed = nn.Embedding(VOCAB, 4)
+        self.follow, self.first, self.fallback = follow, first, fallback
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def _logits(self, best: list[int]) -> torch.Tensor:
+        # Every other token ranked below the two choices, the end of turn last: the model never wants to stop.
+        logits = (0.01 * torch.arange(VOCAB, dtype=torch.float32)).repeat(len(best), 1, 1)
+        logits[:, :, 0] = -10.0
+        for i, b in enumerate(best):
+            logits[i, 0, self.fallback] = 5.0
+            logits[i, 0, b] = 10.0
+        return logits
+
+    def forward(self, input_ids=None, inputs_embeds=None, **_):
+        if inputs_embeds is not None:
+            return type("Out", (), {"logits": self._logits([self.first] * inputs_embeds.shape[0])})
+        return type("Out", (), {"logits": self._logits([self.follow.get(t, self.fallback) for t in input_ids[:, -1].tolist()])})
+
+
+def _generate(lm, config, **kwargs):
+    return generate(lm, torch.zeros(1, 3, 4), config, eos_id=0, **kwargs)[0]
+
+
+def _ngram_counts(ids, n=4):
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return max((grams.count(g) for g in grams), default=0)
+
+
+def test_loop_bans_name_the_token_that_would_repeat_a_4gram_a_third_time():
+    assert loop_bans([1, 2, 3, 4, 1, 2, 3], 4) == []  # a second time is allowed
+    assert loop_bans([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3], 4) == [4]
+    assert loop_bans([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3], 0) == []
+    assert loop_bans([5, 5, 5, 5, 5], 4) == [5]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "top_p"])
+def test_a_model_that_wants_to_loop_never_repeats_a_4gram_three_times(strategy):
+    lm = ScriptedLM({1: 8, 8: 9, 9: 10, 10: 1, 11: 1}, first=1)  # "SEM of a tip SEM of a tip ..." forever
+    config = GenerationConfig(max_new_tokens=30, strategy=strategy, num_beams=2, top_p=0.01, seed=0)
+    out = _generate(lm, config)
+    assert _ngram_counts(out) <= 2, out
+    assert 11 in out  # the guard made it take its second choice
+    assert len(out) == 30  # no end of turn wanted: it runs to max_new_tokens and not one token further
+    # Without the guard the same model loops: the test can fail.
+    unguarded = _generate(lm, GenerationConfig(max_new_tokens=30, strategy=strategy, num_beams=2, top_p=0.01, seed=0,
+                                               loop_ngram=0))
+    assert _ngram_counts(unguarded) >= 3
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_a_model_that_writes_a_role_marker_is_stopped_before_it(strategy):
+    lm = ScriptedLM({1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 3, 11: 0}, first=1)  # "SEM image.\nASSISTANT: A cone\n..."
+    config = GenerationConfig(max_new_tokens=20, strategy=strategy, num_beams=2)
+    free = _generate(lm, config)
+    assert "ASSISTANT:" in decode(free)
+    out = _generate(lm, config, stop_strings=role_markers("plain"), decode=decode)
+    assert decode(out).rstrip() == "SEM image."
+    assert marker_count(decode(out), role_markers("plain")) == 0
+
+
+def test_a_marker_that_is_one_token_is_banned_outright():
+    lm = ScriptedLM({7: 7, 11: 7}, first=7)  # wants "<|im_start|>" every step
+    out = _generate(lm, GenerationConfig(max_new_tokens=6), banned_ids=[7])
+    assert 7 not in out and len(out) == 6
+
+
+def test_end_of_turn_stops_and_is_not_returned():
+    lm = ScriptedLM({1: 2, 2: 0}, first=1)
+    assert _generate(lm, GenerationConfig(max_new_tokens=10)) == [1, 2]
+
+
+def test_stop_strings_cut_where_the_marker_starts_inside_a_token():
+    stops = StopStrings(["USER:"], lambda ids: "".join({1: "Done.", 2: " US", 3: "ER: more"}[i] for i in ids))
+    assert stops.cut([1, 2]) is None
+    assert stops.cut([1, 2, 3]) == [1]
+
+
+def test_eval_hygiene_counts_invented_numbers_markers_and_loops():
+    rows = [{"answer": "A tip of 12 nm.", "invented": ["12"]},
+            {"answer": "SEM image.\nASSISTANT: A cone"},
+            {"answer": "of a tip of a tip of a tip of a tip"},
+            {"answer": "Round particles on a flat support."}]
+    h = hygiene(rows, role_markers("plain"))
+    assert (h["generated"], h["invented_numbers"], h["role_markers"], h["loops"]) == (4, 1, 1, 1)
+    assert len(h["examples"]) == 3
+    assert has_loop("a b c d a b c d a b c d") and not has_loop("a b c d a b c d")
