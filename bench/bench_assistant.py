@@ -4,7 +4,11 @@
 
 Without a trained run the tiny default's shape (recipes/tiny-cpu.yaml) is
 built untrained: speed does not depend on the weights. Screening runs the
-real `screen` (2 decoding workers) with and without measurements. Decoding
+real `screen` (2 decoding workers, kept between calls as screening keeps
+them) side by side: measurements alone (the same workers decoding and
+measuring, no model), classify + measure, and classify only, by the run's
+classification head and by LM scoring; a run without a head gets one fitted
+here on a few of the bench images (a copy of the run: the run is not touched). Decoding
 speed is compared, in the same process, with Hugging Face
 `LlavaForConditionalGeneration` + a peft LoRA of the same LM sizes on the
 same targets, printed as a ratio.
@@ -49,6 +53,79 @@ def student_run(run: str | None, tmp: Path) -> Path:
     return out
 
 
+def with_head(run: Path, folder: Path, tmp: Path) -> Path:
+    """``run`` if it has a classification head, else a copy of it with one fitted on 4 bench images per class."""
+    import shutil
+
+    from slava.assistant import Assistant
+    from slava.data.run_head import HEAD_FILE, save_head
+    from slava.model.class_head import head_features
+    from slava.train.class_head import HeadConfig, fit_head
+
+    if (run / HEAD_FILE).is_file():
+        return run
+    copy = tmp / "with-head"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "stages", "*.png"))
+    assistant = Assistant.load(copy, device="cpu")
+    pairs = [(d.name, p) for d in sorted(folder.iterdir()) if d.is_dir() for p in sorted(d.glob("*.png"))[:4]]
+    with torch.inference_mode():
+        feats = head_features(assistant.model, assistant.pixels([assistant.prepare(p) for _, p in pairs]),
+                              HeadConfig().features)
+    save_head(fit_head(feats, [c for c, _ in pairs], HeadConfig()), copy / HEAD_FILE)
+    return copy
+
+
+def tower_rate(run: Path, size: int, batch: int = 64, repeats: int = 3) -> float:
+    """Images/s of the head's features alone (the tower forward) on ready model inputs: screening's ceiling."""
+    from slava.assistant import Assistant
+    from slava.model.class_head import head_features
+
+    assistant = Assistant.load(run, device="cpu")
+    pixels = torch.rand(batch, 1, size, size)
+    with assistant.inference():
+        head_features(assistant.model, pixels, assistant.head.features)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            head_features(assistant.model, pixels, assistant.head.features)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def time_screening(run: Path, folder: Path, tmp: Path) -> None:
+    """Screening throughput, every variant in this process, one after another on the same images."""
+    import json
+
+    from slava.assistant.screen import _decoded, list_images, screen
+    from slava.hardware import choose_precision, describe_run
+
+    head_run = with_head(run, folder, tmp)
+    size = json.loads((run / "config.json").read_text())["model"]["vision"]["image_size"]
+    # The first screen starts the decoding workers (seconds of imports): later ones, as in one
+    # process screening several folders, reuse them. Warm them up so no variant pays for that.
+    screen(folder, head_run, tmp / "warm.csv", workers=2, max_images=8, with_measure=False, progress=False, html=False)
+    jobs = [(str(folder), rel, size, True) for rel in list_images(folder)]
+    start = time.perf_counter()
+    list(_decoded(jobs, 2))
+    alone = len(jobs) / (time.perf_counter() - start)
+    rows = {"measure alone (the workers, no model)": (alone, "-")}
+    # Labels the run was not trained on go to LM scoring: the old path, for every label.
+    unseen = [f"class {i}" for i in range(10)]
+    for name, use, measure, labels in (("classify + measure", head_run, True, None),
+                                       ("classify only", head_run, False, None),
+                                       ("classify only, 10 unseen labels", run, False, unseen)):
+        s = screen(folder, use, tmp / f"{len(rows)}.csv", labels=labels, workers=2, batch_size=64, with_measure=measure,
+                   progress=False, html=False)
+        rows[name] = (s.images_per_s, s.method)
+    rows["the tower alone, batches of 64 (no decoding)"] = (tower_rate(head_run, size), "-")
+    info = describe_run(choose_precision("auto", "cpu"), torch.get_num_threads())
+    print(f"screening {len(jobs)} images × 256 px, tower at {size} px, 2 decoding workers; {info['cpu']}, "
+          f"{info['cpu_capability']}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
+          f"load average {os.getloadavg()[0]:.2f}:")
+    for name, (rate, method) in rows.items():
+        print(f"  {name:40s} {rate:7.1f} images/s  method {method}")
+    print(f"  classify + measure takes {alone / rows['classify + measure'][0]:.2f}× the time of measure alone "
+          f"(goal ≤ 1.3×); classify only: goal ≥ 200 images/s")
+
+
 def llava_decoder(lm_cfg, targets: list[str], n_new: int, prompt_len: int):
     """A function timing one greedy generation (tokens/s) of HF LLaVA (CLIP tower) + peft LoRA on ``targets``,
     with the student's LM sizes."""
@@ -86,10 +163,10 @@ def main() -> int:
     p.add_argument("--run", default=None)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--asks", type=int, default=12)
+    p.add_argument("--screen-only", action="store_true", help="time screening, skip ask and decoding")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from slava.assistant import Assistant
-    from slava.assistant.screen import screen
     from slava.model.generate import GenerationConfig
     from slava.model.mope import TARGETS
     from slava.synth import write_dataset
@@ -99,11 +176,9 @@ def main() -> int:
         run = student_run(args.run, tmp)
         folder = write_dataset(tmp / "images", args.images, size=256, seed=1, workers=2)
         print(f"run: {run}  images: {args.images} × 256 px  torch threads: {torch.get_num_threads()}")
-        for measure in (False, True):
-            s = screen(folder, run, tmp / f"screen-{measure}.csv", workers=2, batch_size=32, with_measure=measure,
-                       progress=False, html=False)
-            print(f"screen  classify{' + measure' if measure else '          '}: {s.images_per_s:7.1f} images/s "
-                  f"({s.processed} images, {s.seconds:.1f} s, {len(s.labels)} labels)")
+        time_screening(run, folder, tmp)
+        if args.screen_only:
+            return 0
         assistant = Assistant.load(run, device="cpu")
         image = next(folder.rglob("*.png"))
         lat = []

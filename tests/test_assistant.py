@@ -66,9 +66,9 @@ def test_caption_is_generated_text(assistant, images, tiny_run):
 
 def test_zero_shot_probabilities_are_the_models_label_scores(assistant, images):
     image = images["particles"][1]
-    result = assistant.classify(image)
+    result = assistant.classify(image, method="lm")
     probs = [p for _, p in result.ranked]
-    assert result.mode == "zero_shot" and sorted(label for label, _ in result.ranked) == assistant.labels
+    assert result.mode == "zero_shot" and result.method == "lm" and sorted(label for label, _ in result.ranked) == assistant.labels
     assert sum(probs) == pytest.approx(1.0, abs=1e-5) and probs == sorted(probs, reverse=True)
     # The cached, batched scoring must equal a plain full-sequence forward's.
     tok, model = assistant.tokenizer, assistant.model
@@ -188,9 +188,10 @@ def test_commands_print_json(tiny_run, images, capsys):
     cap = cli_json(capsys, "caption", image, "--run", str(tiny_run), "--max-new-tokens", "8")
     assert cap["text"] and cap["tokens"] <= 8
     cls = cli_json(capsys, "classify", image, "--run", str(tiny_run))
-    assert cls["ranked"][0]["label"] == cls["label"] and len(cls["ranked"]) == 3
+    assert cls["ranked"][0]["label"] == cls["label"] and len(cls["ranked"]) == 3 and cls["method"] == "head"
+    assert cli_json(capsys, "classify", image, "--run", str(tiny_run), "--method", "lm")["method"] == "lm"
     few = cli_json(capsys, "classify", image, "--run", str(tiny_run), "--support", str(tiny_run.parent / "images"), "--shots", "2")
-    assert few["mode"] == "prototype"
+    assert few["mode"] == "prototype" and few["method"] == "prototype"
     meas = cli_json(capsys, "measure", image, "--pixel-size", "2")
     assert meas["unit"] == "nm" and meas["pixel_size_nm"] == 2.0
 

@@ -301,12 +301,14 @@ def test_classify_and_measure(server, images, tiny_run):
     r = httpx.post(f"{server}/v1/classify", headers=auth(), json={"image": data_url(images["fibres"])})
     assert r.status_code == 200, r.text
     ranked = r.json()["ranked"]
+    assert r.json()["method"] == "head"  # the run's own classes: its classification head
     assert sorted(x["label"] for x in ranked) == sorted(labels)
     assert abs(sum(x["probability"] for x in ranked) - 1) < 1e-5
     assert [x["probability"] for x in ranked] == sorted((x["probability"] for x in ranked), reverse=True)
     r = httpx.post(f"{server}/v1/classify", headers=auth(), data={"labels": "grain, crack"},
                    files={"image": ("a.png", images["fibres"], "image/png")})
     assert r.status_code == 200 and {x["label"] for x in r.json()["ranked"]} == {"grain", "crack"}
+    assert r.json()["method"] == "lm"  # labels the run never saw: LM scoring
     r = httpx.post(f"{server}/v1/measure", headers=auth(), json={"image": data_url(images["particles"]),
                                                                  "pixel_size_nm": 2.0})
     assert r.status_code == 200, r.text

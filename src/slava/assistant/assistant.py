@@ -8,8 +8,10 @@ and the assistant get it). Generated answers stop at the end of turn, at
 third time, and list in ``Answer.invented`` every number they state that is
 in neither the context nor the question (the goal is none). Zero-shot
 classification scores each label's answer text as the continuation of the one
-classification prompt; few-shot uses support images as prototypes or as
-earlier turns of the chat. Counting and size questions are answered by the
+classification prompt, unless the run has a classification head
+(``classifier.safetensors``) that knows every requested label: then a linear
+map on the tower's features ranks them, with no LM forward at all; few-shot
+uses support images as prototypes or as earlier turns of the chat. Counting and size questions are answered by the
 measurement toolkit, not by the model (``grounding``).
 """
 
@@ -29,17 +31,21 @@ from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
 from slava.data.numbers import invented_numbers
+from slava.data.run_head import HEAD_FILE, load_head
 from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
 from slava.hardware import choose_precision
 from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
 from slava.measure.context import Context, micrograph_context, needs_bar
+from slava.model.class_head import ClassHead, head_features
 from slava.model.generate import GenerationConfig
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt, is_classify_prompt
 
 MODES = ("prototype", "in_context")
 """Few-shot modes of ``Assistant.classify``."""
+METHODS = ("auto", "head", "lm")
+"""How zero-shot ``classify`` ranks labels: the run's head where it knows them all (auto), or always one way."""
 
 
 class AssistantError(SlavaError):
@@ -75,6 +81,9 @@ class Classification:
     ranked: list[tuple[str, float]]
     mode: str
     latency_s: float
+    method: str = "lm"
+    """What ranked the labels: "head" (the run's classification head), "lm" (LM scoring of each label's
+    answer) or "prototype" (few-shot prototypes of the support images)."""
 
     @property
     def label(self) -> str:
@@ -89,7 +98,8 @@ class Classification:
     def to_dict(self) -> dict:
         """Plain dict for JSON (``ranked`` as ``[{label, probability}]``)."""
         return {
-            "label": self.label, "probability": self.probability, "mode": self.mode, "latency_s": self.latency_s,
+            "label": self.label, "probability": self.probability, "mode": self.mode, "method": self.method,
+            "latency_s": self.latency_s,
             "ranked": [{"label": lab, "probability": p} for lab, p in self.ranked],
         }
 
@@ -108,9 +118,9 @@ def with_context(turns: list[dict], context: Context) -> list[dict]:
     return out
 
 
-def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: float) -> Classification:
+def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: float, method: str) -> Classification:
     order = probs.argsort(descending=True).tolist()
-    return Classification([(labels[i], float(probs[i])) for i in order], mode, latency)
+    return Classification([(labels[i], float(probs[i])) for i in order], mode, latency, method)
 
 
 def trained_labels(run_dir: str | Path) -> list[str]:
@@ -122,8 +132,10 @@ class Assistant:
     """A trained student ready to answer; build it with ``Assistant.load(run_dir)``."""
 
     def __init__(self, model, labels: Sequence[str] = (), device: str = "cpu", run_dir: str | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", head: ClassHead | None = None):
         self.model = model.eval()
+        self.head = None if head is None else head.to(device)
+        """The run's classification head (``slava.train.class_head``), None for runs trained without one."""
         self.tokenizer = model.tokenizer
         self.labels = list(labels)
         self.device = torch.device(device)
@@ -140,6 +152,8 @@ class Assistant:
         """Load a run directory (the ``--out`` of a training run); ``rank`` runs the experts at that rank (r_max when None).
 
         ``precision`` is resolved by ``slava.hardware.choose_precision`` for the device.
+        A run's ``classifier.safetensors`` is loaded as its head; a corrupt one
+        is a ``HeadError`` naming the file (older runs have none and use LM scoring).
         """
         from slava.model.mope import set_rank
         from slava.model.vlm import SlavaModel
@@ -153,7 +167,9 @@ class Assistant:
             set_rank(model.lm, rank)
         except ValueError as exc:
             raise AssistantError(str(exc)) from exc
-        return cls(model, trained_labels(run_dir), device, str(run_dir), precision)
+        head_file = run_dir / HEAD_FILE
+        head = load_head(head_file) if head_file.is_file() else None
+        return cls(model, trained_labels(run_dir), device, str(run_dir), precision, head)
 
     @contextlib.contextmanager
     def inference(self):
@@ -285,17 +301,19 @@ class Assistant:
         support: str | Path | Mapping[str, Sequence[ImageInput]] | None = None,
         shots: int | None = None,
         mode: str = "prototype",
+        method: str = "auto",
     ) -> Classification:
         """Rank ``labels`` for ``image``: zero-shot, or few-shot from ``support`` by ``mode``.
 
         ``support`` is an ImageFolder directory or ``{label: [images]}``; ``shots``
         caps the images used per class. Without ``labels`` the support set's
         classes (few-shot) or the run's trained classes (zero-shot) are used.
+        Without support, ``method`` chooses head or LM scoring (``classify_pixels``).
         """
         start = time.perf_counter()
         micrograph = self.prepare(image)
         if support is None:
-            result = self.classify_pixels(self.pixels([micrograph]), self._labels(labels))[0]
+            result = self.classify_pixels(self.pixels([micrograph]), self._labels(labels), method)[0]
         elif mode == "prototype":
             result = self._prototype(micrograph, load_support(support, labels, shots))
         elif mode == "in_context":
@@ -305,20 +323,45 @@ class Assistant:
         result.latency_s = time.perf_counter() - start
         return result
 
-    def classify_batch(self, images: Sequence[ImageInput], labels: Sequence[str] | None = None) -> list[Classification]:
-        """Zero-shot classification of many images with batched vision encoding and scoring."""
+    def classify_batch(self, images: Sequence[ImageInput], labels: Sequence[str] | None = None,
+                       method: str = "auto") -> list[Classification]:
+        """Zero-shot classification of many images with batched vision encoding and scoring (``classify_pixels``)."""
         start = time.perf_counter()
         micrographs = [self.prepare(im) for im in images]
-        results = self.classify_pixels(self.pixels(micrographs), self._labels(labels))
+        results = self.classify_pixels(self.pixels(micrographs), self._labels(labels), method)
         each = (time.perf_counter() - start) / max(len(results), 1)
         for r in results:
             r.latency_s = each
         return results
 
-    def classify_pixels(self, pixels: torch.Tensor, labels: Sequence[str]) -> list[Classification]:
-        """Zero-shot classification of model inputs [B,1,S,S] (the batched path screening uses)."""
+    def classify_method(self, labels: Sequence[str], method: str = "auto") -> str:
+        """"head" or "lm": what ``classify_pixels`` uses for ``labels`` under ``method``.
+
+        auto takes the head when the run has one that knows every label. A
+        mixed set (some labels trained, some never seen) is LM-scored whole, so
+        that all its probabilities come from one model on one scale.
+        """
+        if method not in METHODS:
+            raise AssistantError(f"unknown classification method {method!r} (one of {', '.join(METHODS)})")
+        covered = self.head is not None and set(labels) <= set(self.head.labels)
+        if method == "head" and not covered:
+            unknown = sorted(set(labels) - set(self.head.labels)) if self.head is not None else []
+            why = f"it was not trained on {', '.join(unknown)}" if self.head is not None else "this run has no classification head"
+            raise AssistantError(f"method 'head' cannot rank these labels: {why}; use method 'auto' or 'lm'")
+        return "head" if covered and method != "lm" else "lm"
+
+    def classify_pixels(self, pixels: torch.Tensor, labels: Sequence[str], method: str = "auto") -> list[Classification]:
+        """Zero-shot classification of model inputs [B,1,S,S] (the batched path screening uses).
+
+        ``method`` is auto, head or lm (``classify_method``); each result says which ran.
+        """
         start = time.perf_counter()
         labels = list(labels)
+        if self.classify_method(labels, method) == "head":
+            with self.inference():
+                probs = self.head.probs(head_features(self.model, pixels.to(self.device), self.head.features), labels)
+            each = (time.perf_counter() - start) / max(len(probs), 1)
+            return [_ranked(labels, p, "zero_shot", each, "head") for p in probs.float().cpu()]
         prompt = self._prompt([user_turn(classify_prompt(labels))])
         answers = [self.tokenizer.encode(f" {classify_answer(label)}") + [self.tokenizer.eos_id] for label in labels]
         with self.inference():
@@ -326,14 +369,14 @@ class Assistant:
             scores = self.model.score_continuations(embeds, prompt, answers)
         probs = F.softmax(scores, dim=-1)
         each = (time.perf_counter() - start) / max(len(probs), 1)
-        return [_ranked(labels, p, "zero_shot", each) for p in probs]
+        return [_ranked(labels, p, "zero_shot", each, "lm") for p in probs]
 
     def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
         with self.inference():
             per_class = {label: self.model.image_embedding(self.pixels(ms)) for label, ms in support.items()}
             labels, protos, centre = prototypes(per_class)
             probs = prototype_probs(self.model.image_embedding(self.pixels([micrograph])), protos, centre)[0]
-        return _ranked(labels, probs, "prototype", 0.0)
+        return _ranked(labels, probs, "prototype", 0.0, "prototype")
 
     def _in_context(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
         """Support images as earlier chat turns (interleaved across classes), then the query."""
@@ -360,4 +403,4 @@ class Assistant:
             embeds = self.model.encode_images(self.pixels([m for _, m in order] + [micrograph]))
             embeds = embeds.reshape(1, -1, embeds.shape[-1])
             probs = F.softmax(self.model.score_continuations(embeds, prompt, answers)[0], dim=-1)
-        return _ranked(labels, probs, "in_context", 0.0)
+        return _ranked(labels, probs, "in_context", 0.0, "lm")

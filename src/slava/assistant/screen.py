@@ -1,7 +1,9 @@
 """Screening a folder: one row per image (class, confidence, measurements, optional caption).
 
 Images are decoded, hashed and measured in worker processes (spawn-safe), the
-vision encoding and label scoring run batched in the main process, and rows
+vision encoding and label ranking run batched in the main process (the run's
+classification head for the classes it was trained on, LM scoring for labels
+it never saw: the ``method`` column says which), and rows
 are appended to a journal after every batch with flush + fsync, so a killed
 run loses at most the batch in flight and a rerun skips what was written. A
 file that cannot be read becomes a row with its error, never a stop. With
@@ -18,6 +20,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,7 +39,7 @@ MEASURE_COLUMNS = (
     "fibre_count", "mean_fibre_width", "pore_fraction", "mean_pore_size", "pitch",
 )
 """Flat measurement columns; sizes are in ``unit`` (nm when calibrated, else px)."""
-COLUMNS = ("path", "sha256", "label", "probability", "top3", *MEASURE_COLUMNS, "caption", "error")
+COLUMNS = ("path", "sha256", "label", "probability", "top3", "method", *MEASURE_COLUMNS, "caption", "error")
 """Columns of a screening table, in order."""
 FORMATS = (".csv", ".parquet")
 
@@ -63,6 +66,8 @@ class ScreenSummary:
     labels: list[str]
     precision: str
     """The compute precision the model ran in (``slava.hardware``)."""
+    method: str | None = None
+    """What ranked the labels in this call: "head", "lm" (``Assistant.classify_method``), None if nothing was classified."""
 
     @property
     def images_per_s(self) -> float:
@@ -129,14 +134,30 @@ def decode_one(job: tuple[str, str, int, bool]) -> dict:
     return row
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+"""Decoding pools by worker count, kept for the process's later screens: a spawned worker takes seconds to
+import numpy, PIL and torch, as long as screening a few hundred images takes."""
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # Workers end with this process, even when it is killed with -9.
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                                     initargs=(os.getpid(),))
+    return pool
+
+
 def _decoded(jobs: list[tuple], workers: int) -> Iterator[dict]:
     if workers <= 0 or len(jobs) < 2:
         yield from map(decode_one, jobs)
         return
-    # Workers end with this process, even when it is killed with -9.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        yield from pool.map(decode_one, jobs, chunksize=8)
+    try:
+        yield from _pool(workers).map(decode_one, jobs, chunksize=8)
+    except BrokenProcessPool:
+        # A worker that died (killed, out of memory) breaks its pool: the next screen starts a fresh one.
+        _POOLS.pop(workers, None).shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -168,6 +189,7 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
         for r, res in zip(good, results):
             r["label"], r["probability"] = res.label, round(res.probability, 6)
             r["top3"] = json.dumps([[lab, round(p, 6)] for lab, p in res.ranked[:3]])
+            r["method"] = res.method
         if caption and results:
             # Each image's caption prompt carries its own context line, as in training and in Assistant.caption.
             prompts = [assistant._prompt([_caption_turn(assistant.context(r["file"]).text)]) for r in good]
@@ -374,7 +396,7 @@ def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, wor
 
         bar = tqdm(total=len(pending), unit="img", desc="screen", dynamic_ncols=True)
     journal = _Journal(_journal_path(out))
-    written = 0
+    written, methods = 0, set()
     try:
         if ray_address:
             chunks = _ray_rows(ray_address, str(run_dir), root, pending, labels, caption, with_measure, batch_size, workers,
@@ -385,6 +407,7 @@ def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, wor
         for rows in chunks:
             journal.write(rows)
             written += len(rows)
+            methods |= {r["method"] for r in rows if r.get("method")}
             if bar is not None:
                 bar.update(len(rows))
     finally:
@@ -403,4 +426,4 @@ def _screen_locked(root: Path, run_dir, out: Path, files: list[str], labels, wor
     else:
         errors = sum(1 for r in _existing_rows(out) if r.get("error"))
     return ScreenSummary(len(files), written, len(done), errors, time.perf_counter() - start, str(out), html_path, labels,
-                         chosen.name)
+                         chosen.name, "+".join(sorted(methods)) or None)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                with_measure=not args.no_measure, progress=not args.no_progress, precision=args.precision)
     summary = {"total": s.total, "processed": s.processed, "skipped": s.skipped, "errors": s.errors,
                "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_s, 1), "out": s.out, "html": s.html,
-               "labels": s.labels, "precision": s.precision}
+               "labels": s.labels, "precision": s.precision, "method": s.method}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -51,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{s.processed} screened, {s.skipped} already done, {s.errors} unreadable of {s.total} images "
               f"({s.images_per_s:.1f} img/s); {done}")
         print(f"  table: {s.out}" + (f"\n  summary: {s.html}" if s.html else ""))
-        print(f"  labels: {', '.join(s.labels)}  precision: {s.precision}")
+        print(f"  labels: {', '.join(s.labels)}  precision: {s.precision}  method: {s.method or '-'}")
     return 0

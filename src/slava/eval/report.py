@@ -129,7 +129,10 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 def _class_rows(m: dict) -> list[dict]:
     rows = []
     cls = m.get("classification") or {}
-    for name, s in (("student (closed set)", cls.get("closed_set")), ("student zero-shot (unseen classes)", cls.get("zero_shot"))):
+    closed = cls.get("closed_set") or {}
+    for name, s in ((f"student (closed set, {closed.get('method', 'lm')})", closed),
+                    ("student (closed set, LM scoring)", cls.get("closed_set_lm")),
+                    ("student zero-shot (unseen classes)", cls.get("zero_shot"))):
         if isinstance(s, dict) and "top1" in s:
             rows.append({"model": name, "top-1": s["top1"], "top-3": s["top3"], "macro-F1": s["macro_f1"], "n": s["n"]})
     for key, s in (m.get("few_shot") or {}).items():

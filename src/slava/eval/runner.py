@@ -106,6 +106,10 @@ def _classification(r: _Run, zero_shot: Sequence[str] | None, shots: Sequence[in
     cls: dict = {}
     if len(r.seen) >= 2 and r.closed_items:
         cls["closed_set"], r.clean_ranked = r.timed("classify", lambda: T.classify_task(r.assistant, r.closed_items, r.seen))
+        if cls["closed_set"]["method"] == "head":
+            # The head ranks trained classes; the LM's own ranking of them is scored beside it.
+            cls["closed_set_lm"] = r.timed("classify (LM scoring)",
+                                           lambda: T.classify_task(r.assistant, r.closed_items, r.seen, "lm")[0])
         cls["image_ablation"] = r.timed(
             "image ablation", lambda: T.image_ablation(r.assistant, r.closed_items, r.seen, r.clean_ranked, r.seed))
     held = list(zero_shot) if zero_shot else r.unseen

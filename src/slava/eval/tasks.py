@@ -105,18 +105,22 @@ def _samples(rows: list[dict], n: int) -> list[dict]:
 # ------------------------------------------------------------------ classification
 
 
-def rank_images(assistant, images: Sequence, labels: Sequence[str]) -> list[list[str]]:
+def rank_images(assistant, images: Sequence, labels: Sequence[str], method: str = "auto") -> list[list[str]]:
     """Zero-shot ranked labels of images (paths or arrays), batched through ``classify_batch``."""
     out = []
     for i in range(0, len(images), BATCH):
-        out += [[label for label, _ in c.ranked] for c in assistant.classify_batch(list(images[i : i + BATCH]), labels)]
+        batch = assistant.classify_batch(list(images[i : i + BATCH]), labels, method=method)
+        out += [[label for label, _ in c.ranked] for c in batch]
     return out
 
 
-def classify_task(assistant, items: Sequence[EvalItem], labels: Sequence[str]) -> tuple[dict, list[list[str]]]:
-    """Closed-set classification of ``items`` among ``labels``; returns scores and the ranked labels."""
-    ranked = rank_images(assistant, [it.image for it in items], labels)
-    return M.classification_scores([it.label for it in items], ranked, labels), ranked
+def classify_task(assistant, items: Sequence[EvalItem], labels: Sequence[str],
+                  method: str = "auto") -> tuple[dict, list[list[str]]]:
+    """Closed-set classification of ``items`` among ``labels``; returns scores (with the ``method`` used) and the ranked labels."""
+    ranked = rank_images(assistant, [it.image for it in items], labels, method)
+    scores = M.classification_scores([it.label for it in items], ranked, labels)
+    scores["method"] = assistant.classify_method(labels, method)
+    return scores, ranked
 
 
 def image_ablation(assistant, items: Sequence[EvalItem], labels: Sequence[str], clean_ranked: list[list[str]],

@@ -370,7 +370,7 @@ def create_app(
                                                key=tuple(chosen))
         ranked = [{"label": label, "probability": float(p)} for label, p in result.ranked]
         return {"object": "classification", "model": model_name, "label": ranked[0]["label"], "ranked": ranked,
-                "mode": result.mode, "latency_s": result.latency_s}
+                "mode": result.mode, "method": result.method, "latency_s": result.latency_s}
 
     @app.post("/v1/measure")
     async def measure(request: Request):

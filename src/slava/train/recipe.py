@@ -18,6 +18,7 @@ from slava.config import ConfigError, from_dict, to_dict
 from slava.hardware import PrecisionSetting, ThreadSetting
 from slava.model.config import PARAM_GROUPS, STAGES, ModelConfig
 from slava.train.augment import AugmentConfig
+from slava.train.class_head import HeadConfig
 
 RENAMED = {"bf16": "precision: auto | fp32 | bf16 | fp16"}
 """Recipe keys that were replaced, and what replaced them."""
@@ -101,6 +102,9 @@ class Recipe:
     (its affinity mask), shared among the processes torchrun starts on the node."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Degraded copies of the training images (noise, defocus, contrast, charging, scale); see `slava.train.augment`."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    """The classification head fitted on the frozen tower's features at the end of the run
+    (`classifier.safetensors`): screening's fast path for the trained classes; see `slava.train.class_head`."""
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:

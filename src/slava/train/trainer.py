@@ -511,6 +511,60 @@ class Trainer:
 
     # -- end ---------------------------------------------------------------------
 
+    def _classed_images(self, records: list[dict]) -> dict[str, str]:
+        """{image key: class} of the records that name a class (``meta.class``), one entry per readable image.
+
+        An image training skipped as missing or unreadable is left out here too.
+        """
+        found = {resolve_image(r, self.root): str(c) for r in records if (c := (r.get("meta") or {}).get("class")) is not None}
+        return {im: c for im, c in found.items() if self._readable(im)}
+
+    def _readable(self, image: str) -> bool:
+        try:
+            self.images.get(image)
+        except SlavaError:
+            return False
+        return True
+
+    @torch.no_grad()
+    def _head_features(self, model, images: list[str], kind: str) -> torch.Tensor:
+        """The head's features of clean images: the cached tower output where training kept it, else one tower forward."""
+        from slava.model.class_head import head_features, pooled_tokens
+
+        if kind == "pooled" and all((im, 0) in self.features for im in images):
+            return torch.stack([pooled_tokens(self.features[(im, 0)][None])[0] for im in images])
+        out = []
+        for i in range(0, len(images), 32):
+            pixels = torch.stack([self.images.get(im) for im in images[i : i + 32]]).to(self.info.device)
+            with self.precision.autocast(self.info.device.type):
+                out.append(head_features(model, pixels, kind).float().cpu())
+        return torch.cat(out)
+
+    def _fit_head(self, model) -> dict | None:
+        """Fit and write the classification head (``slava.train.class_head``); its summary, or None when there is none."""
+        from slava.data.run_head import HEAD_FILE, save_head
+        from slava.train.class_head import fit_head, head_macro_f1
+
+        cfg = self.recipe.head
+        train = self._classed_images(self.train_records)
+        (self.out / HEAD_FILE).unlink(missing_ok=True)
+        if not cfg.enabled or len(set(train.values())) < 2:
+            return None
+        model.eval()
+        start = time.perf_counter()
+        head = fit_head(self._head_features(model, list(train), cfg.features), list(train.values()), cfg, self.recipe.seed)
+        out = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
+               "train_images": len(train)}
+        val = {im: c for im, c in self._classed_images(self.val_records).items() if c in head.labels}
+        if val:
+            f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features), list(val.values()))
+            out.update(val_images=len(val), val_macro_f1=round(f1, 4))
+        out["fit_s"] = round(time.perf_counter() - start, 2)
+        save_head(head, self.out / HEAD_FILE)
+        log.info("classification head (%s on %s features): %s", head.kind, head.features,
+                 f"held-out macro-F1 {out['val_macro_f1']}" if val else "no held-out images")
+        return out
+
     def _finish(self, model) -> dict:
         from slava.train.plots import plot_run
 
@@ -528,6 +582,9 @@ class Trainer:
             "labels": label_vocabulary(self.train_records),
         }
         if self.info.is_main:
+            classifier = self._fit_head(model)
+            if classifier is not None:
+                summary["classifier"] = classifier
             model.save(self.out)
             write_text_atomic(self.out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
             plot_run(self.out)
