@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["tiny-cpu.yaml", "llama7b-gpu.yaml"])
+@pytest.mark.parametrize("name", ["tiny-cpu.yaml", "smol-cpu.yaml", "llama7b-gpu.yaml"])
 def test_shipped_recipes_load(name):
     recipe = load_recipe(ROOT / "recipes" / name)
     assert recipe.stages and all(stage.lr for stage in recipe.stages)
