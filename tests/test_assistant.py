@@ -225,6 +225,27 @@ def test_the_prompt_carries_the_teachers_context_for_the_same_file(assistant, ti
         assert answer.context == taught
 
 
+def test_an_images_context_is_measured_once_and_again_when_it_changes(tiny_run, images, monkeypatch):
+    from dataclasses import replace
+
+    import slava.assistant.assistant as A
+    from slava.io import load_micrograph
+
+    fresh = Assistant.load(tiny_run, device="cpu")
+    calls = []
+    real = A.micrograph_context
+    monkeypatch.setattr(A, "micrograph_context", lambda m: calls.append(m) or real(m))
+    path = images["particles"][0]
+    first = fresh.context(path)
+    assert fresh.context(path) == first and len(calls) == 1
+    m = load_micrograph(path)
+    flipped = replace(m, pixels=np.ascontiguousarray(m.pixels[::-1]))
+    fresh.context(flipped)
+    recalibrated = replace(m, pixel_size_nm=(m.pixel_size_nm or 1.0) * 2, pixel_size_source="caller")
+    assert fresh.context(recalibrated).text != first.text
+    assert len(calls) == 3
+
+
 def test_generated_answers_are_clean_and_flag_invented_numbers(assistant, images):
     """Hygiene on a real tiny run: no role marker, no 4-gram three times, max_new_tokens kept, numbers checked."""
     from slava.data.chat import role_markers

@@ -18,11 +18,15 @@ measurement toolkit, not by the model (``grounding``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +47,8 @@ from slava.model.generate import GenerationConfig
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt, is_classify_prompt
 
 MODES = ("prototype", "in_context")
+CONTEXT_CACHE = 64
+"""Images whose context an ``Assistant`` remembers (``Assistant.context``)."""
 """Few-shot modes of ``Assistant.classify``."""
 METHODS = ("auto", "head", "lm")
 """How zero-shot ``classify`` ranks labels: the run's head where it knows them all (auto), or always one way."""
@@ -145,6 +151,10 @@ class Assistant:
         # A marker that is one token of its own (chatml's specials) is banned outright; the rest are cut as text.
         pieces = [self.tokenizer.encode(m) for m in self.markers]
         self.marker_ids = sorted({p[0] for p in pieces if len(p) == 1 and p[0] != self.tokenizer.eos_id})
+        # A conversation sends its image with every turn, and eval asks several questions of one image:
+        # measuring it once (0.2-0.5 s) serves them all. Keyed by content, so a changed image re-measures.
+        self._contexts: OrderedDict[tuple, Context] = OrderedDict()
+        self._contexts_lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, rank: int | None = None,
@@ -229,7 +239,7 @@ class Assistant:
             if kind == "instrument" or needs_bar(micrograph):
                 read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
-        context = context or micrograph_context(micrograph)
+        context = context or self._context_of(micrograph)
         turns = with_context(turns, context)
         asked = " ".join(question_of(t["value"]) for t in turns if t.get("from") == "human")
         return self._generate(micrograph, turns, config, context, asked, start, should_stop)
@@ -268,14 +278,31 @@ class Assistant:
         """A detailed description of ``image`` (always from the model)."""
         start = time.perf_counter()
         micrograph = self.prepare(image)
-        context = micrograph_context(micrograph)
+        context = self._context_of(micrograph)
         return self._generate(micrograph, [user_turn(CAPTION_PROMPT, context.text)],
                               GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy), context,
                               CAPTION_PROMPT, start)
 
     def context(self, image: ImageInput) -> Context:
         """The image context the model is given for ``image`` (``micrograph_context``)."""
-        return micrograph_context(self.prepare(image))
+        return self._context_of(self.prepare(image))
+
+    def _context_of(self, micrograph: Micrograph) -> Context:
+        """``micrograph_context``, remembered for the last ``CONTEXT_CACHE`` images by content and calibration."""
+        digest = hashlib.sha1(np.ascontiguousarray(micrograph.pixels).tobytes())
+        if micrograph.bar_pixels is not None:
+            digest.update(np.ascontiguousarray(micrograph.bar_pixels).tobytes())
+        key = (digest.hexdigest(), micrograph.pixels.shape, micrograph.pixel_size_nm, micrograph.pixel_size_source)
+        with self._contexts_lock:
+            if key in self._contexts:
+                self._contexts.move_to_end(key)
+                return self._contexts[key]
+        context = micrograph_context(micrograph)
+        with self._contexts_lock:
+            self._contexts[key] = context
+            while len(self._contexts) > CONTEXT_CACHE:
+                self._contexts.popitem(last=False)
+        return context
 
     def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS) -> Measurements:
         """Classical measurements of ``image`` (nm where calibrated, else px)."""
