@@ -20,3 +20,14 @@ def tiny_run(tmp_path_factory) -> Path:
 def tiny_data(tmp_path_factory) -> Path:
     """records.jsonl of 12 images × 3 tasks, 2 images held out as val."""
     return make_dataset(tmp_path_factory.mktemp("traindata"))
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_run):
+    """The tiny run loaded as an ``Assistant`` on the CPU, once per test module."""
+    import torch
+
+    from slava.assistant import Assistant
+
+    torch.set_num_threads(1)
+    return Assistant.load(tiny_run, device="cpu")

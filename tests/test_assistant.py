@@ -24,12 +24,6 @@ from tiny_run import TINY_CLASSES, tiny_images
 
 
 @pytest.fixture(scope="module")
-def assistant(tiny_run):
-    torch.set_num_threads(1)
-    return Assistant.load(tiny_run, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def images(tiny_run):
     return tiny_images(tiny_run)
 

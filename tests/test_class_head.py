@@ -17,12 +17,6 @@ from tiny_run import TINY_CLASSES, tiny_images
 
 
 @pytest.fixture(scope="module")
-def assistant(tiny_run):
-    torch.set_num_threads(1)
-    return Assistant.load(tiny_run, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     """Fresh synthetic images of the tiny run's classes (another seed): images the run never trained on."""
     from slava.synth import write_dataset

@@ -239,8 +239,9 @@ class SlavaModel(nn.Module):
                     for _, p in group:
                         p.requires_grad_(True)
                 self.tower.set_trainable(self.cfg.vision.trainable_blocks)
+        groups = self.param_groups() if freeze else {}
         for group in freeze:
-            for p in self.param_groups()[group]:
+            for p in groups[group]:
                 p.requires_grad_(False)
         self.stage = stage
 
