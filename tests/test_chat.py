@@ -22,8 +22,7 @@ CONV = [
 
 def test_golden_rendering():
     expected = (
-        "A chat between a materials scientist and sLAVA, an assistant that reads electron "
-        "micrographs. sLAVA answers precisely and gives sizes in nm.\n\n"
+        "You are sLAVA, an assistant that reads electron micrographs. Give sizes in nm.\n\n"
         "USER: <image>\nHow many particles?\nASSISTANT: 12 particles.</s>\n"
         "USER: Mean size?\nASSISTANT: 40 nm.</s>"
     )

@@ -56,8 +56,7 @@ def test_hf_directory_gets_image_token_and_keeps_eos(tmp_path):
 
 def test_render_text_golden():
     expected = (
-        "A chat between a materials scientist and sLAVA, an assistant that reads electron micrographs. "
-        "sLAVA answers precisely and gives sizes in nm.\n\n"
+        "You are sLAVA, an assistant that reads electron micrographs. Give sizes in nm.\n\n"
         "USER: <image>\nHow many particles?\nASSISTANT: 42 particles.</s>\n"
         "USER: Mean size?\nASSISTANT: 31 nm.</s>"
     )

@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TEXT = (
-    "A chat between a materials scientist and sLAVA, an assistant that reads electron micrographs. "
+    "You are sLAVA, an assistant that reads electron micrographs. Give sizes in nm. "
     "The particles are round and about 40 nm across. Fibres cross the field of view. "
     "What is in this image? Describe the morphology. Pores, grains, nanowires and cells. "
 )

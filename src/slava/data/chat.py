@@ -43,10 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-SYSTEM_PROMPT = (
-    "A chat between a materials scientist and sLAVA, an assistant that reads "
-    "electron micrographs. sLAVA answers precisely and gives sizes in nm."
-)
+SYSTEM_PROMPT = "You are sLAVA, an assistant that reads electron micrographs. Give sizes in nm."
+"""Short on purpose: every training sequence and every prompt pays for it (19 SmolLM2 tokens)."""
 IMAGE_TOKEN = "<image>"
 USER = "USER:"
 ASSISTANT = "ASSISTANT:"

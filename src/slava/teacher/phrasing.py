@@ -442,8 +442,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "The sample belongs to the class {name}.",
     ),
     "caption_named": (
-        "SEM micrograph of {name}: {what}.",
-        "Secondary-electron image of {name}, {what}.",
+        "SEM micrograph, class {name}: {what}.",
+        "Secondary-electron image of the class {name}, showing {what}.",
     ),
     "caption": (
         "SEM micrograph of {what}.",

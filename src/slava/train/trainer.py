@@ -354,7 +354,9 @@ class Trainer:
         model.set_rank(rank)
         if st.routed:
             model.reset_expert_usage()
-        micro = [chosen[m * stage.batch_size : (m + 1) * stage.batch_size] for m in range(stage.grad_accum)]
+        # Micro-batches of like lengths pad less; the step's examples, and so its result, are unchanged.
+        by_length = sorted(chosen, key=lambda j: len(st.examples[j].ids))
+        micro = [by_length[m * stage.batch_size : (m + 1) * stage.batch_size] for m in range(stage.grad_accum)]
         global_tokens = sum(target_tokens(st.examples[j]) for idx in micro for j in idx)
         sums = [0.0, 0.0, 0.0, 0.0]  # ce sum, balance, z, tokens seen (padding excluded)
         for m, idx in enumerate(micro):
