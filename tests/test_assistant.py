@@ -82,6 +82,22 @@ def test_classify_batch_equals_one_at_a_time(assistant, images):
         assert dict(result.ranked) == pytest.approx(dict(alone.ranked), abs=1e-5)
 
 
+def test_answer_many_batches_what_ask_and_caption_answer_one_by_one(assistant, images):
+    from slava.teacher.prompts import CAPTION_PROMPT
+
+    requests = [(images[c][0], q) for c in TINY_CLASSES
+                for q in (CAPTION_PROMPT, "What applications could this material have?", "How many particles are visible?")]
+    together = assistant.answer_many(requests, max_new_tokens=20, batch_size=4)
+    assert len(together) == len(requests)
+    for (image, question), answer in zip(requests, together):
+        alone = (assistant.caption(image, max_new_tokens=20) if question == CAPTION_PROMPT
+                 else assistant.ask(image, question, max_new_tokens=20))
+        assert (answer.text, answer.source, answer.context) == (alone.text, alone.source, alone.context)
+    assert {a.source for a in together} == {"model", "measurement"}
+    with pytest.raises(AssistantError, match="batch_size"):
+        assistant.answer_many(requests, batch_size=0)
+
+
 def test_every_image_input_gives_the_same_answers(assistant, images):
     path = images["porous_sponges"][0]
     data = path.read_bytes()

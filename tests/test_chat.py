@@ -45,3 +45,16 @@ def test_generation_prompt_ends_on_assistant_cue():
     text = "".join(chr(i - 10) for i in ids if i >= 10)
     assert text.endswith("\nASSISTANT:")
     assert set(labels) == {IGNORE_INDEX}
+
+
+def test_tag_line_sits_before_the_context_and_is_not_part_of_the_question():
+    import pytest
+
+    from slava.data.chat import ChatFormatError, split_human, user_turn
+
+    turn = user_turn("Describe it.", "Measured: pixel 2 nm (file)", tag="porous sponges")
+    assert turn["value"] == "<image>\nLooks like: porous sponges\nMeasured: pixel 2 nm (file)\nDescribe it."
+    assert split_human(turn["value"]) == ("Measured: pixel 2 nm (file)", "Describe it.")
+    assert user_turn("Describe it.")["value"] == "<image>\nDescribe it."
+    with pytest.raises(ChatFormatError, match="one line"):
+        user_turn("Describe it.", tag="a\nb")

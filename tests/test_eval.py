@@ -1,6 +1,7 @@
 """slava eval on a tiny real run: leakage refusal, few-shot path, shifted twins, baselines, report."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,43 @@ def test_image_ablation_falls_to_chance(tiny):
         sum(it.label == c for it in items) for c in labels) / len(items))
     assert out["blank"]["at_chance"] and out["shuffled"]["at_chance"]
     assert out["shuffled"]["top1"] < 1.0 - 1 / len(items)
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-sem"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real-sem is absent")
+def test_real_set_captions_are_checked_and_shown_beside_their_images(tiny, tmp_path):
+    from slava.data.numbers import invented_numbers
+    from slava.eval.runner import evaluate
+
+    run, images = tiny
+    out = tmp_path / "report"
+    m = evaluate(run, images, out, tasks=["caption"], limit=3, text_limit=1, real=REAL / "gift-fibres",
+                 precision="fp32", threads=1, log=lambda *_: None)
+    real = m["real_captions"]
+    assert real["n"] == 2 and {r["set"] for r in real["rows"]} == {"gift-fibres"}
+    assert [Path(r["image"]).name for r in real["rows"]] == ["10_gelatin_fibers.tif", "20_gelatin_fibers.tif"]
+    for r in real["rows"]:
+        assert Path(r["thumbnail"]).is_file() and r["context"].startswith("Measured: pixel 31")  # the FEI tag
+        assert r["invented"] == invented_numbers(r["answer"], r["context"], "")
+        assert r["names_object"] == bool(re.search(r"\bfib(re|er)", r["answer"], re.I))
+    assert real["hygiene"]["invented_numbers"] == sum(len(r["invented"]) for r in real["rows"])
+    assert "real captions: invented numbers" in {g["goal"] for g in m["goals"]}
+    html = (out / "report.html").read_text()
+    assert "Captions of real micrographs (2)" in html and html.count("<b>gift-fibres</b>") == 2
+
+
+def test_real_sets_are_read_from_truth_files_with_clear_errors(tmp_path):
+    from slava.eval.real_sem import RealSetError, names_object, real_sets, spread
+
+    assert spread(list(range(10)), 3) == [0, 4, 9] and spread([1, 2], 5) == [1, 2]
+    assert names_object("Rounded cells on a support.", ["cell"]) and not names_object("An excellent image.", ["cell"])
+    with pytest.raises(RealSetError, match="no real set"):
+        real_sets(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "truth.jsonl").write_text('{"image": "x.png"}\n[1, 2]\n')
+    with pytest.raises(RealSetError, match="line 2"):
+        real_sets(tmp_path)
+    (tmp_path / "a" / "truth.jsonl").write_text('{"image": "x.png"}\n\n{"image": "y.png"}\n')
+    assert real_sets(tmp_path) == {"a": [tmp_path / "a" / "x.png", tmp_path / "a" / "y.png"]}

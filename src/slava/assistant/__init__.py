@@ -8,12 +8,12 @@ from slava.assistant.assistant import MODES, Answer, Assistant, AssistantError, 
 from slava.assistant.images import ImageInput, to_micrograph
 from slava.model.generate import GenerationConfig
 
-DEFAULT_RUN = "runs/tiny-cpu"
+DEFAULT_RUN = "runs/smol-cpu"
 """Run directory used when neither ``--run`` nor ``SLAVA_RUN`` names one."""
 
 
 def default_run() -> str:
-    """The run directory to load: ``$SLAVA_RUN``, else ``runs/tiny-cpu``."""
+    """The run directory to load: ``$SLAVA_RUN``, else ``runs/smol-cpu``."""
     return os.environ.get("SLAVA_RUN") or DEFAULT_RUN
 
 

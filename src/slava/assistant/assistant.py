@@ -3,7 +3,8 @@
 Every prompt goes through ``slava.data.chat`` with the generation cue, so the
 model sees at inference the bytes it saw in training, image context
 included (``slava.measure.context.micrograph_context``, the one way teachers
-and the assistant get it). Generated answers stop at the end of turn, at
+and the assistant get it), and for runs trained with tags (``HeadConfig.tags``)
+the head's class as a ``Looks like:`` line. Generated answers stop at the end of turn, at
 ``max_new_tokens`` and before any role marker, never repeat a token 4-gram a
 third time, and list in ``Answer.invented`` every number they state that is
 in neither the context nor the question (the goal is none). Zero-shot
@@ -42,14 +43,17 @@ from slava.hardware import choose_precision
 from slava.io import Micrograph, read_instrument
 from slava.measure import KINDS, Measurements, measure
 from slava.measure.context import Context, micrograph_context, needs_bar
-from slava.model.class_head import ClassHead, head_features
+from slava.model.class_head import ClassHead, head_features, image_tags
 from slava.model.generate import GenerationConfig
 from slava.teacher.prompts import CAPTION_PROMPT, classify_answer, classify_prompt, is_classify_prompt
 
 MODES = ("prototype", "in_context")
+"""Few-shot modes of ``Assistant.classify``."""
 CONTEXT_CACHE = 64
 """Images whose context an ``Assistant`` remembers (``Assistant.context``)."""
-"""Few-shot modes of ``Assistant.classify``."""
+GENERATION_BATCH = 32
+"""Answers ``answer_many`` decodes together: a decoding step reads every weight once whatever the rows, so on
+CPU a step for 32 rows costs little more than for 1."""
 METHODS = ("auto", "head", "lm")
 """How zero-shot ``classify`` ranks labels: the run's head where it knows them all (auto), or always one way."""
 
@@ -110,17 +114,18 @@ class Classification:
         }
 
 
-def with_context(turns: list[dict], context: Context) -> list[dict]:
-    """``turns`` with the image's human turn rebuilt by ``user_turn``: image, context line, question.
+def with_context(turns: list[dict], context: Context, tag: str | None = None) -> list[dict]:
+    """``turns`` with the image's human turn rebuilt by ``user_turn``: image, tag and context lines, question.
 
-    A context line a client typed is replaced by the measured one; without an
-    image placeholder anywhere, the first turn is the image's. A classification
-    prompt keeps no context (``is_classify_prompt``).
+    A context or tag line a client typed is replaced by the measured one;
+    without an image placeholder anywhere, the first turn is the image's. A
+    classification prompt keeps neither (``is_classify_prompt``).
     """
     out = [dict(t) for t in turns]
     i = next((k for k, t in enumerate(out) if IMAGE_TOKEN in str(t.get("value", ""))), 0)
     question = question_of(out[i]["value"])
-    out[i]["value"] = user_turn(question, None if is_classify_prompt(question) else context.text)["value"]
+    plain = is_classify_prompt(question)
+    out[i]["value"] = user_turn(question, None if plain else context.text, tag=None if plain else tag)["value"]
     return out
 
 
@@ -240,9 +245,53 @@ class Assistant:
                 read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
         context = context or self._context_of(micrograph)
-        turns = with_context(turns, context)
+        turns = with_context(turns, context, self._tags([micrograph])[0])
         asked = " ".join(question_of(t["value"]) for t in turns if t.get("from") == "human")
         return self._generate(micrograph, turns, config, context, asked, start, should_stop)
+
+    def answer_many(self, requests: Sequence[tuple[ImageInput, str]], max_new_tokens: int = 128,
+                    batch_size: int = GENERATION_BATCH, progress: Callable[[int], None] | None = None) -> list[Answer]:
+        """Greedy answers to ``(image, question)`` pairs, as ``ask`` gives them, decoded ``batch_size`` at a time.
+
+        Counting and size questions are measured, as in ``ask``; the others
+        are generated together, so evaluating hundreds of answers costs a
+        fraction of asking one by one. ``latency_s`` of a generated answer is
+        its share of its batch's time. ``progress``, when given, is called
+        with the number of answers each finished step added.
+        """
+        if batch_size < 1:
+            raise AssistantError(f"batch_size must be at least 1, got {batch_size}")
+        answers: list[Answer | None] = [None] * len(requests)
+        pending = []
+        for i, (image, question) in enumerate(requests):
+            start = time.perf_counter()
+            micrograph = self.prepare(image)
+            kind = grounded_kind(question)
+            if kind is not None:
+                if kind == "instrument" or needs_bar(micrograph):
+                    read_instrument(micrograph)
+                answers[i] = self._grounded(micrograph, kind, start)
+                if progress is not None:
+                    progress(1)
+            else:
+                pending.append((i, micrograph, question, self._context_of(micrograph)))
+        tags = [t for b in range(0, len(pending), batch_size) for t in self._tags([p[1] for p in pending[b : b + batch_size]])]
+        pending = [(i, m, with_context([user_turn(q)], c, tag), c, q) for (i, m, q, c), tag in zip(pending, tags)]
+        config = GenerationConfig(max_new_tokens=max_new_tokens)
+        # Like questions get like-length answers: batched together, fewer rows wait for a long one.
+        pending.sort(key=lambda p: p[4])
+        for b in range(0, len(pending), batch_size):
+            chunk = pending[b : b + batch_size]
+            start = time.perf_counter()
+            with self.inference():
+                outs = self.model.generate(self.pixels([c[1] for c in chunk]), [self._prompt(c[2]) for c in chunk],
+                                           config, stop_strings=self.markers, banned_ids=self.marker_ids)
+            share = (time.perf_counter() - start) / len(chunk)
+            for (i, micrograph, _, context, question), out in zip(chunk, outs):
+                answers[i] = self._answer(micrograph, out, config, context, question, share)
+            if progress is not None:
+                progress(len(chunk))
+        return answers
 
     def _generate(self, micrograph: Micrograph, turns: list[dict], config: GenerationConfig, context: Context,
                   asked: str, start: float, should_stop: Callable[[], bool] | None = None) -> Answer:
@@ -250,12 +299,16 @@ class Assistant:
         with self.inference():
             out = self.model.generate(self.pixels([micrograph]), [self._prompt(turns)], config, should_stop=should_stop,
                                       stop_strings=self.markers, banned_ids=self.marker_ids)[0]
-        finish = "length" if len(out) >= config.max_new_tokens else "stop"
-        if should_stop is not None and should_stop():
-            finish = "cancelled"
+        cancelled = should_stop is not None and should_stop()
+        return self._answer(micrograph, out, config, context, asked, time.perf_counter() - start, cancelled)
+
+    def _answer(self, micrograph: Micrograph, out: list[int], config: GenerationConfig, context: Context, asked: str,
+                latency: float, cancelled: bool = False) -> Answer:
+        """The ``Answer`` for generated tokens ``out``: text before any marker, calibration note, invented numbers."""
+        finish = "cancelled" if cancelled else "length" if len(out) >= config.max_new_tokens else "stop"
         text = self._calibrated_text(micrograph, self._before_markers(self.tokenizer.decode(out)).strip())
         return Answer(
-            text=text, tokens=len(out), latency_s=time.perf_counter() - start, finish_reason=finish,
+            text=text, tokens=len(out), latency_s=latency, finish_reason=finish,
             invented=tuple(invented_numbers(text, context.text, asked)), context=context.text,
         )
 
@@ -279,9 +332,19 @@ class Assistant:
         start = time.perf_counter()
         micrograph = self.prepare(image)
         context = self._context_of(micrograph)
-        return self._generate(micrograph, [user_turn(CAPTION_PROMPT, context.text)],
+        return self._generate(micrograph, [user_turn(CAPTION_PROMPT, context.text, tag=self._tags([micrograph])[0])],
                               GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy), context,
                               CAPTION_PROMPT, start)
+
+    def tag(self, image: ImageInput) -> str | None:
+        """The tag line text the run's prompts carry for ``image`` (its head's top class), None for runs without tags."""
+        return self._tags([self.prepare(image)])[0]
+
+    def _tags(self, micrographs: Sequence[Micrograph]) -> list[str | None]:
+        if self.head is None or not self.head.tags or not micrographs:
+            return [None] * len(micrographs)
+        with self.inference():
+            return image_tags(self.head, head_features(self.model, self.pixels(micrographs), self.head.features))
 
     def context(self, image: ImageInput) -> Context:
         """The image context the model is given for ``image`` (``micrograph_context``)."""

@@ -175,7 +175,7 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
     """Classify (and caption) the decoded images of one batch; return complete rows."""
     import torch
 
-    from slava.model.generate import GenerationConfig
+    from slava.teacher.prompts import CAPTION_PROMPT
 
     good = [r for r in batch if "pixels" in r]
     if good:
@@ -191,22 +191,12 @@ def finish_rows(assistant, batch: list[dict], labels: Sequence[str], caption: bo
             r["top3"] = json.dumps([[lab, round(p, 6)] for lab, p in res.ranked[:3]])
             r["method"] = res.method
         if caption and results:
-            # Each image's caption prompt carries its own context line, as in training and in Assistant.caption.
-            prompts = [assistant._prompt([_caption_turn(assistant.context(r["file"]).text)]) for r in good]
-            with assistant.inference():
-                out = assistant.model.generate(pixels.to(assistant.device), prompts,
-                                               GenerationConfig(max_new_tokens=96), stop_strings=assistant.markers,
-                                               banned_ids=assistant.marker_ids)
-            for r, ids in zip(good, out):
-                r["caption"] = assistant._before_markers(assistant.tokenizer.decode(ids)).strip()
+            # As Assistant.caption words them: the file's own context line, the same hygiene, batched.
+            answers = assistant.answer_many([(r["file"], CAPTION_PROMPT) for r in good], max_new_tokens=96,
+                                            batch_size=len(good))
+            for r, answer in zip(good, answers):
+                r["caption"] = answer.text
     return [{c: r.get(c) for c in COLUMNS} for r in batch]
-
-
-def _caption_turn(context: str | None = None) -> dict:
-    from slava.data.chat import user_turn
-    from slava.teacher.prompts import CAPTION_PROMPT
-
-    return user_turn(CAPTION_PROMPT, context)
 
 
 # -- journal --------------------------------------------------------------------

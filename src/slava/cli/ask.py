@@ -28,7 +28,7 @@ def read_image(args: argparse.Namespace, path: str, pixel_size_nm: float | None 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """``--run`` and ``--json``, shared by the assistant commands."""
-    p.add_argument("--run", default=None, help="trained run directory (default: $SLAVA_RUN or runs/tiny-cpu)")
+    p.add_argument("--run", default=None, help="trained run directory (default: $SLAVA_RUN or runs/smol-cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
         "metrics.json and a self-contained report.html into --out. With --ablations RECIPE, instead train "
         "variants of the recipe with a reduced step budget and write an ablation table.",
     )
-    p.add_argument("--run", default=None, help="run directory (default $SLAVA_RUN or runs/tiny-cpu)")
+    p.add_argument("--run", default=None, help="run directory (default $SLAVA_RUN or runs/smol-cpu)")
     p.add_argument("--data", required=True, help="synthetic set / image folder, or instruction records (.jsonl)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--tasks", type=_csv, default=["caption", "vqa", "classify", "count"],
@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--zero-shot", type=_csv, default=None,
                    help="held-out classes for zero-shot classification (refused if the run's data named them)")
     p.add_argument("--neu", default=None, help="NEU-DET folder: also report 5-shot top-1 on its test split")
+    p.add_argument("--real", default=None,
+                   help="folder of real sets (each with truth.jsonl, as shared/data/real-sem): caption 2 images per set")
     p.add_argument("--ablations", default=None, metavar="RECIPE",
                    help="train each ablation variant of RECIPE on --data (records) and score it")
     p.add_argument("--ablation-steps", type=int, default=40, help="optimizer steps per stage for each ablation variant")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.run or default_run(), args.data, args.out, tasks=args.tasks, shots=args.shots, shifts=args.shifts,
         baselines=args.baselines, limit=args.limit, text_limit=args.text_limit, zero_shot=args.zero_shot,
-        neu=args.neu, seed=args.seed, precision=args.precision, threads=args.threads,
+        neu=args.neu, real=args.real, seed=args.seed, precision=args.precision, threads=args.threads,
     )
     for goal in metrics["goals"]:
         print(f"{goal['goal']}: {goal['value']:.3f} (target {goal['target']}: {'met' if goal['met'] else 'MISSED'})")

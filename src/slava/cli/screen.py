@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("folder", help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="results.csv or results.parquet")
-    p.add_argument("--run", default=None, help="trained run directory (default: $SLAVA_RUN or runs/tiny-cpu)")
+    p.add_argument("--run", default=None, help="trained run directory (default: $SLAVA_RUN or runs/smol-cpu)")
     p.add_argument("--labels", default=None, help="comma-separated labels (default: the classes the run was trained on)")
     p.add_argument("--workers", type=int, default=2, help="decoding/measuring processes (0: in the main process)")
     p.add_argument("--batch-size", type=int, default=32, help="images per model batch (and per journal flush)")

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         "/v1/preview, GET /v1/models, /v1/labels, /healthz, and a web page at /. Every /v1/ route needs "
         f"'Authorization: Bearer ${KEY_ENV}' unless --insecure-local.",
     )
-    p.add_argument("--run", default=None, help="run directory (default: $SLAVA_RUN, else runs/tiny-cpu)")
+    p.add_argument("--run", default=None, help="run directory (default: $SLAVA_RUN, else runs/smol-cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--insecure-local", action="store_true",

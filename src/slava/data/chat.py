@@ -33,8 +33,10 @@ tokenizer's eos), so the pretrained LM sees the layout it was tuned on:
 
 The image context (``slava.measure.context``: what the toolkit and the data
 bar give for the image) sits between the image and the question of the
-image's human turn, as its own line starting ``Measured:``; ``user_turn`` is
-the one place that lays it out and ``question_of`` the one that reads it back.
+image's human turn, as its own line starting ``Measured:``. Runs whose head
+tags prompts (``HeadConfig.tags``) put a line ``Looks like: {class}`` before
+it. ``user_turn`` is the one place that lays them out and ``question_of`` the
+one that reads the question back.
 Only answer tokens and their closing end-of-turn token are trained on.
 """
 
@@ -54,6 +56,8 @@ IGNORE_INDEX = -100
 ROLES = {"human": USER, "gpt": ASSISTANT}
 CONTEXT_PREFIX = "Measured:"
 """First word of the image-context line of a human turn."""
+TAG_PREFIX = "Looks like:"
+"""First words of the tag line: the class the run's head sees in the image (``HeadConfig.tags``)."""
 CHAT_FORMATS = ("plain", "chatml")
 """``plain``: LLaVA-1.5's text roles; ``chatml``: ``<|im_start|>role ... <|im_end|>`` turns."""
 _EOS_TEXT = {"plain": "</s>", "chatml": IM_END}
@@ -139,14 +143,19 @@ def render_text(conversations: Sequence[dict], eos: str | None = None, chat_form
     return "".join(eos if s.eos else s.text for s in render(conversations, chat_format=chat_format, **kwargs))
 
 
-def user_turn(question: str, context: str | None = None, with_image: bool = True) -> dict:
-    """A human turn: the image placeholder (when ``with_image``), the image context line (when given), the question.
+def user_turn(question: str, context: str | None = None, with_image: bool = True, tag: str | None = None) -> dict:
+    """A human turn: the image placeholder (when ``with_image``), the tag and context lines (when given), the question.
 
-    ``context`` is ``slava.measure.context.Context.text``; teachers, the
-    assistant, evaluation and the server all build the first turn here, so
-    the model sees the same bytes in training and at inference.
+    ``context`` is ``slava.measure.context.Context.text``; ``tag`` the class
+    name the run's head gives the image, for runs whose prompts carry one.
+    Teachers, training, the assistant, evaluation and the server all build the
+    first turn here, so the model sees the same bytes in training and at inference.
     """
     lines = [IMAGE_TOKEN] if with_image else []
+    if tag:
+        if "\n" in tag:
+            raise ChatFormatError(f"a tag is one line, got {tag!r}")
+        lines.append(f"{TAG_PREFIX} {tag}")
     if context:
         if not context.startswith(CONTEXT_PREFIX) or "\n" in context:
             raise ChatFormatError(f"an image context is one line starting {CONTEXT_PREFIX!r}, got {context!r}")
@@ -156,11 +165,13 @@ def user_turn(question: str, context: str | None = None, with_image: bool = True
 
 
 def split_human(value: str) -> tuple[str | None, str]:
-    """(image context or None, question) of a human turn's text; the image placeholder is dropped."""
+    """(image context or None, question) of a human turn's text; the image placeholder and tag line are dropped."""
     context, rest = None, []
     for line in str(value).replace(IMAGE_TOKEN, "\n").split("\n"):
         if line.startswith(CONTEXT_PREFIX) and context is None:
             context = line.strip()
+        elif line.startswith(TAG_PREFIX):
+            continue
         elif line.strip():
             rest.append(line.strip())
     return context, "\n".join(rest)

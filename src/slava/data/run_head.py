@@ -30,7 +30,7 @@ def save_head(head: ClassHead, path: str | Path) -> None:
     from slava.data.atomic import write_atomic
 
     meta = {"format": HEAD_FORMAT, "labels": json.dumps(head.labels), "features": head.features,
-            "normalize": json.dumps(head.normalize), "kind": head.kind}
+            "normalize": json.dumps(head.normalize), "kind": head.kind, "tags": json.dumps(head.tags)}
     tensors = {k: v.contiguous() for k, v in head.tensors().items()}
     write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
@@ -49,7 +49,8 @@ def load_head(path: str | Path) -> ClassHead:
             raise HeadError(f"{path}: classification head format {meta.get('format')!r}, expected {HEAD_FORMAT}; {fix}")
         labels = json.loads(meta["labels"])
         return ClassHead(labels, meta["features"], tensors["shift"], tensors["scale"], tensors["weight"],
-                         tensors["bias"], normalize=bool(json.loads(meta["normalize"])), kind=meta.get("kind", "?"))
+                         tensors["bias"], normalize=bool(json.loads(meta["normalize"])), kind=meta.get("kind", "?"),
+                         tags=bool(json.loads(meta.get("tags", "false"))))
     except HeadError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors, JSON and shape errors all mean the same: unusable file

@@ -226,6 +226,22 @@ def write_report(metrics: dict, out: Path) -> Path:
             [{"setting": k, "top-1": v["top1"], "macro-F1": v["macro_f1"], "n": v["n"]} for k, v in neu.items() if "top1" in v],
             ["setting", "top-1", "macro-F1", "n"]))
 
+    real = metrics.get("real_captions") or {}
+    if real.get("rows"):
+        hyg = real["hygiene"]
+        cells = []
+        for r in real["rows"]:
+            named = "" if r["names_object"] is None else \
+                f" · names {'/'.join(r['object_words'])}: {'yes' if r['names_object'] else '<b>no</b>'}"
+            invented = f" · <b>invented: {html.escape(', '.join(r['invented']))}</b>" if r["invented"] else ""
+            cells.append(f"<div class=s>{_img(Path(r['thumbnail']))}<div><p><b>{html.escape(r['set'])}</b> "
+                         f"{html.escape(Path(r['image']).name)}{named}{invented}</p>"
+                         f"<p><b>context:</b> <code>{html.escape(r['context'] or '')}</code></p>"
+                         f"<p><b>sLAVA:</b> {html.escape(r['answer'])}</p></div></div>")
+        parts.append(f"<h2>Captions of real micrographs ({real['n']})</h2><p>Invented numbers: {hyg['invented_numbers']}, "
+                     f"role markers: {hyg['role_markers']}, loops: {hyg['loops']}; naming the set's object: "
+                     f"{_fmt(real['names_object'])}; ending a sentence: {_fmt(real['ends_sentence'])}.</p>" + "".join(cells))
+
     samples = (text.get("samples") or []) + (count.get("samples") or [])
     if samples:
         cells = []

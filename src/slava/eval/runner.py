@@ -22,6 +22,7 @@ from slava.errors import SlavaError
 from slava.eval import metrics as M
 from slava.eval import tasks as T
 from slava.eval.data import add_teacher_references, load_eval_data
+from slava.eval.real_sem import real_captions
 
 TASKS = ("caption", "vqa", "classify", "count")
 SHOTS = (1, 5, 10)
@@ -71,6 +72,11 @@ def _goals(m: dict) -> list[dict]:
             lambda v, kind=kind: abl[kind]["at_chance"])
     neu = m.get("neu") or {}
     add("NEU-DET 5-shot top-1", (neu.get("five_shot") or {}).get("top1"), ">= 0.90", lambda v: v >= 0.90)
+    real = m.get("real_captions") or {}
+    if real.get("n"):
+        add("real captions: invented numbers", real["hygiene"]["invented_numbers"], f"0 in {real['n']} captions",
+            lambda v: v == 0)
+        add("real captions naming their object", real["names_object"], "1.0", lambda v: v == 1.0)
     return rows
 
 
@@ -133,7 +139,7 @@ def _text(r: _Run, text_tasks: Sequence[str], limit: int | None) -> None:
         it.refs = [ref for ref in it.refs if ref.task in text_tasks]
     model = r.assistant.model
     model.reset_expert_usage()
-    r.m["text"] = r.timed("captions and VQA", lambda: T.text_task(r.assistant, items))
+    r.m["text"] = r.timed("captions and VQA", lambda: T.text_task(r.assistant, items, progress=True))
     usage = model.expert_usage()
     r.m["expert_load"] = {k: [c / max(sum(v), 1) for c in v] for k, v in usage.items() if sum(v)}
 
@@ -205,6 +211,7 @@ def evaluate(
     text_limit: int | None = None,
     zero_shot: Sequence[str] | None = None,
     neu: str | Path | None = None,
+    real: str | Path | None = None,
     seed: int = 0,
     precision: str = "auto",
     threads: int | str = "auto",
@@ -217,6 +224,8 @@ def evaluate(
     classes the run never saw are used, and any of them found in the run's
     answers is left out with a note. ``precision`` and ``threads`` follow
     ``slava.hardware`` (auto: bf16 only where native; the cores this process may use).
+    ``real`` is a folder of real sets (``slava.eval.real_sem``) whose captions
+    are shown beside their images and checked.
     """
     from slava.assistant import Assistant, trained_labels
     from slava.hardware import describe_run, use_threads
@@ -262,6 +271,9 @@ def evaluate(
         _robustness(r, shifts, "count" in tasks)
     if neu is not None:
         m["neu"] = {"five_shot": r.timed("NEU-DET 5-shot", lambda: neu_few_shot(assistant, neu, 5, limit))}
+
+    if real is not None:
+        m["real_captions"] = r.timed("real-set captions", lambda: real_captions(assistant, real, out / "real"))
 
     m["goals"] = _goals(m)
     m["elapsed_s"] = round(time.perf_counter() - started, 1)

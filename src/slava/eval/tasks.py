@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from slava.data.chat import role_markers
 from slava.data.run_labels import SUMMARY_FILE, read_run_labels
 from slava.errors import SlavaError
 from slava.eval import metrics as M
 from slava.eval.data import COUNT_KEYS, EvalItem
+from slava.teacher.prompts import CAPTION_PROMPT
 
 BATCH = 16
 
@@ -49,26 +51,23 @@ def stratified(items: Sequence[EvalItem], limit: int | None) -> list[EvalItem]:
 # ------------------------------------------------------------------ text
 
 
-def text_task(assistant, items: Sequence[EvalItem], max_new_tokens: int = 128, samples: int = 6) -> dict:
+def text_task(assistant, items: Sequence[EvalItem], max_new_tokens: int = 128, samples: int = 6,
+              progress: bool = False) -> dict:
     """Captions and VQA answers (greedy) against the teacher's references: overall, per task and per family.
 
     ``hygiene`` counts, over the generated (not measured) answers, numbers in
     neither context nor question, role markers and looping answers (``metrics.hygiene``).
     """
-    rows = []
-    for it in items:
-        for ref in it.refs:
-            if ref.task == "caption":
-                answer = assistant.caption(it.image, max_new_tokens=max_new_tokens)
-            elif ref.task == "vqa":
-                answer = assistant.ask(it.image, ref.question, max_new_tokens=max_new_tokens)
-            else:
-                continue
-            rows.append({"image": it.image, "label": it.label, "task": ref.task, "family": ref.family,
-                         "question": ref.question, "reference": ref.answer, "answer": answer.text,
-                         "latency_s": answer.latency_s, "source": answer.source,
-                         "invented": list(getattr(answer, "invented", ()) or ()),
-                         "context": getattr(answer, "context", None)})
+    asked = [(it, ref) for it in items for ref in it.refs if ref.task in ("caption", "vqa")]
+    with tqdm(total=len(asked), desc="captions and VQA", unit="answer", disable=not progress) as bar:
+        answers = assistant.answer_many(
+            [(it.image, CAPTION_PROMPT if ref.task == "caption" else ref.question) for it, ref in asked],
+            max_new_tokens=max_new_tokens, progress=bar.update)
+    rows = [{"image": it.image, "label": it.label, "task": ref.task, "family": ref.family,
+             "question": ref.question, "reference": ref.answer, "answer": answer.text,
+             "latency_s": answer.latency_s, "source": answer.source,
+             "invented": list(answer.invented), "context": answer.context}
+            for (it, ref), answer in zip(asked, answers)]
     if not rows:
         return {"n": 0}
 

@@ -14,7 +14,6 @@ import numpy as np
 from scipy import fft
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
-from skimage.feature import peak_local_max
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 

@@ -40,8 +40,10 @@ class ClassHead(nn.Module):
     """Logits over ``labels`` from image features; see the module docstring for the form."""
 
     def __init__(self, labels: Sequence[str], features: str, shift: torch.Tensor, scale: torch.Tensor,
-                 weight: torch.Tensor, bias: torch.Tensor, normalize: bool, kind: str):
+                 weight: torch.Tensor, bias: torch.Tensor, normalize: bool, kind: str, tags: bool = False):
         super().__init__()
+        self.tags = tags
+        """Whether the run's image prompts carry this head's top class as their tag line (``HeadConfig.tags``)."""
         if features not in FEATURES:
             raise ValueError(f"unknown head features {features!r} (one of {', '.join(FEATURES)})")
         dim = weight.shape[1]
@@ -77,3 +79,10 @@ class ClassHead(nn.Module):
     def tensors(self) -> dict[str, torch.Tensor]:
         """The head's tensors by name (what its file holds)."""
         return {"shift": self.shift, "scale": self.scale, "weight": self.weight, "bias": self.bias}
+
+
+def image_tags(head: ClassHead, feats: torch.Tensor) -> list[str]:
+    """The tag line text of each image: the readable name of the head's top class for features [B, D]."""
+    from slava.data.taxonomy import class_name
+
+    return [class_name(head.labels[k]) for k in head(feats).argmax(dim=1).tolist()]

@@ -73,8 +73,8 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
     # The prompt the model will see: the image's context line in its turn, as in training.
     micrograph = assistant.prepare(call.image)
     image_context = assistant.context(micrograph)
-    prompt, _ = encode(with_context(call.turns, image_context), tokenizer, model.num_image_tokens,
-                       add_generation_prompt=True)
+    turns = with_context(call.turns, image_context, assistant.tag(micrograph))
+    prompt, _ = encode(turns, tokenizer, model.num_image_tokens, add_generation_prompt=True)
     context = int(model.cfg.lm.max_len)
     if len(prompt) >= context:
         raise ApiError(400, f"the conversation is {len(prompt)} tokens with the image; this model's context is "

@@ -60,6 +60,11 @@ class StageConfig:
     """Times each record of a task appears per epoch (`{classify: 3}`): a one-word
     answer is a sliver of a batch's answer tokens, so without repeats the
     per-token loss barely teaches the image → class mapping."""
+    turns_per_image: int = 1
+    """Records of one image packed into one multi-turn conversation (`slava.train.dataset.pack_by_image`):
+    the image, its context line and the system prompt are then paid for once per conversation. On
+    SmolLM2 a VQA record's prompt is about 3/4 of its tokens, so 4 turns train about twice the
+    answers per CPU-second. A step's `batch_size` counts conversations."""
     images: bool | None = None
     """Feed the records' images; None = every stage but `base`. A `base` stage
     with images also trains the projector, so the tiny LM learns to read image
@@ -204,8 +209,11 @@ def validate_recipe(recipe: Recipe) -> None:
         raise ConfigError(f"stages: {names} must be a subsequence of {list(STAGES)}")
     if "base" in names and recipe.model.lm.kind != "tiny_llama":
         raise ConfigError("stages: the base stage pretrains the tiny LM only (model.lm.kind: tiny_llama)")
+    if recipe.head.tags and recipe.model.vision.trainable_blocks > 0 and "instruct" in names:
+        raise ConfigError("head.tags: the head is fitted before training on the tower's features, so no stage may "
+                          "train the tower (model.vision.trainable_blocks must be 0)")
     for i, stage in enumerate(recipe.stages):
-        for key in ("epochs", "batch_size", "grad_accum", "max_steps"):
+        for key in ("epochs", "batch_size", "grad_accum", "max_steps", "turns_per_image"):
             value = getattr(stage, key)
             if value is not None and value < 1:
                 raise ConfigError(f"stages[{i}].{key}: must be at least 1")

@@ -41,7 +41,8 @@ from slava.train import distributed as D
 from slava.train.augment import choose_variants, degrade, variant_seed
 from slava.data.atomic import write_text_atomic
 from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic
-from slava.train.dataset import Example, ImageStore, build_examples, collate, split_records, target_tokens
+from slava.train.dataset import (Example, ImageStore, build_examples, collate, pack_by_image, split_records,
+                                 tag_records, target_tokens)
 from slava.train.metrics import MetricsLog, load_entropy, truncate_after
 from slava.train.recipe import Recipe, StageConfig, recipe_to_yaml
 from slava.train.schedule import make_scheduler
@@ -188,6 +189,9 @@ class Trainer:
         if any(self._uses_images(i) for i in range(len(self.recipe.stages))):
             paths = [resolve_image(r, self.root) for r in self.train_records + self.val_records]
             self.images.preload(paths, self.recipe.num_workers)
+        self.head = self.head_summary = None
+        if self.recipe.head.tags:
+            self._tag_prompts(model)
 
         first, resume_state = 0, None
         if ckpt is not None:
@@ -270,9 +274,15 @@ class Trainer:
             max_len=recipe.max_len, images=self.images, text_only=text_only, tasks=stage.tasks,
             label_text=stage.name == "base",
         )
-        records = [r for r in self.train_records for _ in range(stage.repeat.get(r.get("task"), 1))]
+        def stage_records(records: list[dict]) -> list[dict]:
+            # Tasks are chosen before packing: a packed conversation carries only its first record's task.
+            chosen = [r for r in records if stage.tasks is None or r.get("task") in stage.tasks]
+            return pack_by_image(chosen, stage.turns_per_image)
+
+        records = [r for r in stage_records(self.train_records) for _ in range(stage.repeat.get(r.get("task"), 1))]
         train_ex, skipped = build_examples(records, what=f"stage {stage.name}, training records", **common)
-        val_ex, _ = build_examples(self.val_records, what=f"stage {stage.name}, validation records", **common)
+        val_ex, _ = build_examples(stage_records(self.val_records), what=f"stage {stage.name}, validation records",
+                                   **common)
         features = None if text_only else self._tower_features(model, train_ex, val_ex, autocast)
         per_step = stage.batch_size * stage.grad_accum
         steps_per_epoch = len(train_ex) // per_step
@@ -542,16 +552,15 @@ class Trainer:
                 out.append(head_features(model, pixels, kind).float().cpu())
         return torch.cat(out)
 
-    def _fit_head(self, model) -> dict | None:
-        """Fit and write the classification head (``slava.train.class_head``); its summary, or None when there is none."""
-        from slava.data.run_head import HEAD_FILE, save_head
+    def _fitted_head(self, model):
+        """(classification head, its summary) fitted on the training images (``slava.train.class_head``), or (None, None)."""
+        from slava.data.run_head import HEAD_FILE
         from slava.train.class_head import fit_head, head_macro_f1
 
         cfg = self.recipe.head
         train = self._classed_images(self.train_records)
-        (self.out / HEAD_FILE).unlink(missing_ok=True)
         if not cfg.enabled or len(set(train.values())) < 2:
-            return None
+            return None, None
         model.eval()
         start = time.perf_counter()
         head = fit_head(self._head_features(model, list(train), cfg.features), list(train.values()), cfg, self.recipe.seed)
@@ -562,10 +571,25 @@ class Trainer:
             f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features), list(val.values()))
             out.update(val_images=len(val), val_macro_f1=round(f1, 4))
         out["fit_s"] = round(time.perf_counter() - start, 2)
-        save_head(head, self.out / HEAD_FILE)
         log.info("classification head (%s on %s features): %s", head.kind, head.features,
                  f"held-out macro-F1 {out['val_macro_f1']}" if val else "no held-out images")
-        return out
+        return head, out
+
+    def _tag_prompts(self, model) -> None:
+        """Fit the head before the first stage and tag every record's image prompt with its top class (``HeadConfig.tags``)."""
+        from slava.model.class_head import image_tags
+
+        self.head, self.head_summary = self._fitted_head(model)
+        if self.head is None:
+            raise SlavaError("head.tags needs a classification head: enable it, with records naming at least two "
+                             "classes (meta.class)")
+        for which in ("train_records", "val_records"):
+            records = getattr(self, which)
+            images = sorted({im for r in records if r.get("image") and self._readable(im := resolve_image(r, self.root))})
+            feats = self._head_features(model, images, self.head.features) if images else None
+            tags = dict(zip(images, image_tags(self.head, feats))) if images else {}
+            setattr(self, which, tag_records(records, tags, self.root))
+        log.info("image prompts tagged with the head's class (%d training records)", len(self.train_records))
 
     def _finish(self, model) -> dict:
         from slava.train.plots import plot_run
@@ -584,9 +608,13 @@ class Trainer:
             "labels": label_vocabulary(self.train_records),
         }
         if self.info.is_main:
-            classifier = self._fit_head(model)
-            if classifier is not None:
-                summary["classifier"] = classifier
+            from slava.data.run_head import HEAD_FILE, save_head
+
+            head, classifier = (self.head, self.head_summary) if self.head is not None else self._fitted_head(model)
+            (self.out / HEAD_FILE).unlink(missing_ok=True)
+            if head is not None:
+                save_head(head, self.out / HEAD_FILE)
+                summary["classifier"] = {**classifier, "tags": head.tags}
             model.save(self.out)
             write_text_atomic(self.out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
             plot_run(self.out)
