@@ -273,3 +273,24 @@ def test_generated_answers_are_clean_and_flag_invented_numbers(assistant, images
             assert not has_loop(answer.text), answer.text
             assert answer.invented == tuple(invented_numbers(answer.text, answer.context, question))
             assert answer.context and answer.context.startswith("Measured: ")
+
+
+def test_prompts_about_one_image_share_their_prefix_and_decode_the_same(assistant, images):
+    """The fast decoder runs a shared prefix once; greedy tokens equal those of decoding every prompt whole."""
+    from slava.model.fast_llama import decoder_for
+    from slava.model.generate import GenerationConfig
+    from slava.teacher.prompts import CAPTION_PROMPT
+
+    assert decoder_for(assistant.model.lm) is not None  # the path under test is the fast decoder's
+    picks = [images["fibres"][0], images["particles"][1]]
+    questions = [CAPTION_PROMPT, "What applications could this material have?", "Describe the boundaries."]
+    pairs = [(m, q) for m in (assistant.prepare(p) for p in picks) for q in questions]
+    prompts = [assistant._prompt([user_turn(q, assistant.context(m).text)]) for m, q in pairs]
+    pixels = assistant.pixels([m for m, _ in pairs])
+    shared = assistant.model._shared_prompts(pixels, prompts, assistant.model.encode_images(pixels))
+    assert shared is not None and shared.prefix.shape[0] == 2 and shared.rows.tolist() == [0, 0, 0, 1, 1, 1]
+    config = GenerationConfig(max_new_tokens=12)
+    with assistant.inference():
+        together = assistant.model.generate(pixels, prompts, config)
+        whole = assistant.model.generate(pixels, prompts, config, share_prefixes=False)
+    assert together == whole and all(together)

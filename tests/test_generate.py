@@ -189,12 +189,15 @@ def test_generation_and_expert_usage_equal_the_hf_path(adapted, monkeypatch, str
     pix = pixels.expand(2, -1, -1, -1)
     prompts = [prompt, prompt[:-3]]
 
+    config = GenerationConfig(MAX_NEW, strategy, num_beams=3, temperature=1.5, seed=0)
+
     def run():
+        # Whole prompts on both paths: a shared prefix would be routed, and counted, once on the fast one.
         reset_expert_usage(model)
-        config = GenerationConfig(MAX_NEW, strategy, num_beams=3, temperature=1.5, seed=0)
-        return model.generate(pix, prompts, config), expert_usage(model)
+        return model.generate(pix, prompts, config, share_prefixes=False), expert_usage(model)
 
     fast = run()
+    assert model.generate(pix, prompts, config) == fast[0]  # sharing the prefix changes no token
     monkeypatch.setattr(gen, "decoder_for", lambda lm: None)
     assert fast == run()
 

@@ -119,3 +119,25 @@ def test_eval_hygiene_counts_invented_numbers_markers_and_loops():
     assert (h["generated"], h["invented_numbers"], h["role_markers"], h["loops"]) == (4, 1, 1, 1)
     assert len(h["examples"]) == 3
     assert has_loop("a b c d a b c d a b c d") and not has_loop("a b c d a b c d")
+
+
+def test_the_number_guard_lets_digits_spell_only_the_numbers_the_prompt_holds():
+    from slava.model.generate import NumberGuard
+
+    digits = {i: str(i) for i in range(10)}
+    pieces = {**digits, 10: ".", 11: ",", 12: " 1"}
+    guard = NumberGuard(pieces, [["19.2", "4,920"]], vocab_size=20)
+
+    def allowed():
+        return {i for i, v in enumerate(guard.mask(torch.zeros(1, 20), [0])[0].tolist()) if v > float("-inf")}
+
+    others = set(range(13, 20))
+    assert allowed() == {1, 4, 10, 11, 12} | others  # a number may start as 19.2, 4,920 or 4920; words go on
+    for token, expect in [(1, {9}), (9, {10}), (10, {2}), (2, {10, 11, 12} | others)]:
+        guard.push(0, token)
+        assert allowed() == expect, (token, allowed())  # an unfinished number must be finished
+    guard.push(0, 15)  # a word: the number is over
+    guard.push(0, 4)
+    assert allowed() == {9, 11}  # 4920 or 4,920, nothing else
+    guard.push(0, 9), guard.push(0, 2), guard.push(0, 0)
+    assert allowed() == {10, 11, 12} | others  # 4920 is whole: "." and "," are punctuation, " 1" a new number

@@ -125,7 +125,7 @@ def test_two_concurrent_teach_runs_never_duplicate_records(tmp_path):
     ("model.lm.heads", 3, "multiple of heads"),
     ("stages.0.batch_size", 0, "batch_size"),
     ("stages.0.max_steps", 0, "max_steps"),
-    ("stages.0.turns_per_image", 0, "turns_per_image"),
+    ("val_max", 0, "val_max"),
     ("model.projector.pool", 0, "pool"),
 ])
 def test_recipe_cross_field_constraints_fail_at_load(key, value, message):

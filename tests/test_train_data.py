@@ -2,7 +2,6 @@
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from PIL import Image
 from slava.data.chat import IGNORE_INDEX
 from slava.model.tokenizer import train_tokenizer
 from slava.model.pixels import to_model_pixels
-from slava.train.dataset import ImageStore, build_examples, collate, pack_by_image, split_records
+from slava.train.dataset import ImageStore, build_examples, collate, split_records
 
 from test_train_fixtures import draw, record
 
@@ -89,30 +88,6 @@ def test_resize_keeps_range():
     img = to_model_pixels(np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(40, 48), 32)
     assert img.shape == (1, 32, 32) and float(img.min()) >= 0 and float(img.max()) <= 1
     assert torch.all(img[:, -1] >= img[:, 0])
-
-
-def test_packing_puts_an_images_answers_in_one_conversation_with_the_image_once(tokenizer):
-    ctx = "Measured: pixel 2 nm (file); 12 particles"
-    recs = [record(f"a-{k}", "a.png", "particles", "vqa", f"{ctx}\nQuestion {k}?", f"Answer {k}.") for k in range(5)]
-    recs.append(record("b-0", "b.png", "fibres", "caption", f"{ctx}\nDescribe it.", "Fibres."))
-    assert pack_by_image(recs, 1) == recs
-    packed = pack_by_image(recs, 4)
-    assert [len(p["conversations"]) for p in packed] == [8, 2, 2]
-    first = packed[0]["conversations"]
-    humans, answers = first[0::2], first[1::2]
-    assert humans[0]["value"].startswith("<image>\n" + ctx) and [a["from"] for a in answers] == ["gpt"] * 4
-    assert all("<image>" not in h["value"] and "Measured:" not in h["value"] for h in humans[1:])
-    # Every record's question and answer lands in exactly one conversation, still paired.
-    pairs = [(h["value"].split("\n")[-1], a["value"]) for p in packed for h, a in
-             zip(p["conversations"][0::2], p["conversations"][1::2])]
-    assert sorted(pairs) == sorted((r["conversations"][0]["value"].split("\n")[-1], r["conversations"][1]["value"])
-                                   for r in recs)
-    # Order inside an image comes from the record ids, not from the file's order.
-    assert {p["id"] for p in pack_by_image(list(reversed(recs)), 4)} == {p["id"] for p in packed}
-    assert packed[0]["id"].count("+") == 3
-    examples, _ = build_examples(packed[:1], Path("."), tokenizer, num_image_tokens=3, max_len=10_000, images=None)
-    assert examples[0].ids.count(tokenizer.image_id) == 3
-    assert sum(1 for label in examples[0].labels if label == tokenizer.eos_id) == 4  # four answers, each closed
 
 
 def test_tagging_rewrites_only_image_prompts_that_carry_a_context(tmp_path):

@@ -6,8 +6,9 @@ included (``slava.measure.context.micrograph_context``, the one way teachers
 and the assistant get it), and for runs trained with tags (``HeadConfig.tags``)
 the head's class as a ``Looks like:`` line. Generated answers stop at the end of turn, at
 ``max_new_tokens`` and before any role marker, never repeat a token 4-gram a
-third time, and list in ``Answer.invented`` every number they state that is
-in neither the context nor the question (the goal is none). Zero-shot
+third time, and may write digits only as numbers the context or the question
+holds (``NumberGuard``); ``Answer.invented`` lists any number that is in
+neither all the same (with the guard, none can be). Zero-shot
 classification scores each label's answer text as the continuation of the one
 classification prompt, unless the run has a classification head
 (``classifier.safetensors``) that knows every requested label: then a linear
@@ -35,7 +36,7 @@ from slava.assistant.fewshot import SupportError, load_support, prototype_probs,
 from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind, without_unknown_lengths
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
-from slava.data.numbers import invented_numbers
+from slava.data.numbers import invented_numbers, numbers_in
 from slava.data.run_head import HEAD_FILE, load_head
 from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
@@ -127,6 +128,11 @@ def with_context(turns: list[dict], context: Context, tag: str | None = None) ->
     plain = is_classify_prompt(question)
     out[i]["value"] = user_turn(question, None if plain else context.text, tag=None if plain else tag)["value"]
     return out
+
+
+def held_numbers(context: Context, asked: str) -> list[str]:
+    """The numbers a generated answer may state: those of the image's context line and of the question(s) asked."""
+    return numbers_in(context.text) + numbers_in(asked)
 
 
 def _ranked(labels: Sequence[str], probs: torch.Tensor, mode: str, latency: float, method: str) -> Classification:
@@ -278,14 +284,15 @@ class Assistant:
         tags = [t for b in range(0, len(pending), batch_size) for t in self._tags([p[1] for p in pending[b : b + batch_size]])]
         pending = [(i, m, with_context([user_turn(q)], c, tag), c, q) for (i, m, q, c), tag in zip(pending, tags)]
         config = GenerationConfig(max_new_tokens=max_new_tokens)
-        # Like questions get like-length answers: batched together, fewer rows wait for a long one.
-        pending.sort(key=lambda p: p[4])
+        # An image's questions batched together share their prompt up to the question (SlavaModel.generate).
+        pending.sort(key=lambda p: self._image_key(p[1])[0])
         for b in range(0, len(pending), batch_size):
             chunk = pending[b : b + batch_size]
             start = time.perf_counter()
             with self.inference():
                 outs = self.model.generate(self.pixels([c[1] for c in chunk]), [self._prompt(c[2]) for c in chunk],
-                                           config, stop_strings=self.markers, banned_ids=self.marker_ids)
+                                           config, stop_strings=self.markers, banned_ids=self.marker_ids,
+                                           allowed_numbers=[held_numbers(c[3], c[4]) for c in chunk])
             share = (time.perf_counter() - start) / len(chunk)
             for (i, micrograph, _, context, question), out in zip(chunk, outs):
                 answers[i] = self._answer(micrograph, out, config, context, question, share)
@@ -298,7 +305,8 @@ class Assistant:
         """A generated answer to ``turns`` (context already in place), with its hygiene and invented-number check."""
         with self.inference():
             out = self.model.generate(self.pixels([micrograph]), [self._prompt(turns)], config, should_stop=should_stop,
-                                      stop_strings=self.markers, banned_ids=self.marker_ids)[0]
+                                      stop_strings=self.markers, banned_ids=self.marker_ids,
+                                      allowed_numbers=[held_numbers(context, asked)])[0]
         cancelled = should_stop is not None and should_stop()
         return self._answer(micrograph, out, config, context, asked, time.perf_counter() - start, cancelled)
 
@@ -350,12 +358,17 @@ class Assistant:
         """The image context the model is given for ``image`` (``micrograph_context``)."""
         return self._context_of(self.prepare(image))
 
-    def _context_of(self, micrograph: Micrograph) -> Context:
-        """``micrograph_context``, remembered for the last ``CONTEXT_CACHE`` images by content and calibration."""
+    @staticmethod
+    def _image_key(micrograph: Micrograph) -> tuple:
+        """What makes two micrographs the same image for the model and its context: content and calibration."""
         digest = hashlib.sha1(np.ascontiguousarray(micrograph.pixels).tobytes())
         if micrograph.bar_pixels is not None:
             digest.update(np.ascontiguousarray(micrograph.bar_pixels).tobytes())
-        key = (digest.hexdigest(), micrograph.pixels.shape, micrograph.pixel_size_nm, micrograph.pixel_size_source)
+        return (digest.hexdigest(), micrograph.pixels.shape, micrograph.pixel_size_nm, micrograph.pixel_size_source)
+
+    def _context_of(self, micrograph: Micrograph) -> Context:
+        """``micrograph_context``, remembered for the last ``CONTEXT_CACHE`` images by content and calibration."""
+        key = self._image_key(micrograph)
         with self._contexts_lock:
             if key in self._contexts:
                 self._contexts.move_to_end(key)

@@ -197,19 +197,23 @@ class Session:
     def __init__(self, decoder: Decoder, max_new: int) -> None:
         self.d, self.max_new = decoder, max_new
 
+    def _start(self, rows: int, total: int, like: torch.Tensor, last_position: int) -> None:
+        """An empty cache of ``total`` slots for ``rows`` rows, and rotary tables past ``last_position``."""
+        d = self.d
+        self.keys = [like.new_zeros(rows, d.kv_heads, total, d.head_dim) for _ in d.layers]
+        self.values = [like.new_zeros(rows, d.kv_heads, total, d.head_dim) for _ in d.layers]
+        self.valid = torch.zeros(rows, total, dtype=torch.bool)
+        cos, sin = d.rotary(like, torch.arange(last_position + self.max_new + 1)[None])
+        half = d.head_dim // 2
+        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+
     @torch.no_grad()
     def prefill(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         d = self.d
         rows, self.length = mask.shape
-        total = self.length + self.max_new
-        self.keys = [embeds.new_zeros(rows, d.kv_heads, total, d.head_dim) for _ in d.layers]
-        self.values = [embeds.new_zeros(rows, d.kv_heads, total, d.head_dim) for _ in d.layers]
-        self.valid = torch.zeros(rows, total, dtype=torch.bool)
+        self._start(rows, self.length + self.max_new, embeds, int(positions.max()))
         self.valid[:, : self.length] = mask.bool()
         self.padded = not bool(mask.all())
-        cos, sin = d.rotary(embeds, torch.arange(int(positions.max()) + self.max_new + 1)[None])
-        half = d.head_dim // 2
-        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
         attend = None
         if self.padded:
             # Causal over real tokens; every query also sees itself, so a padding row stays finite.
@@ -217,6 +221,35 @@ class Session:
             attend = (causal & self.valid[:, None, None, : self.length]) | torch.eye(self.length, dtype=torch.bool)
         x = self._layers(embeds.flatten(0, 1), positions, 0, attend)
         return d.head(_rms(x.view(rows, self.length, -1)[:, -1], d.norm, d.eps))[0]
+
+    @torch.no_grad()
+    def prefill_shared(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, rows: torch.Tensor,
+                       suffix: torch.Tensor, suffix_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, V] and last positions [B, 1] after prompts ``prefix[rows[b]]`` + ``suffix[b]``.
+
+        ``prefix`` [G, P, D] and ``suffix`` [B, S, D] are left-padded embeddings
+        (masks [G, P], [B, S]); each distinct prefix runs once and its cache is
+        copied to the rows that share it. The result is ``prefill`` on the joined
+        prompts (the same positions, the same keys seen), and ``step`` goes on from it.
+        """
+        d = self.d
+        p, (n, s) = prefix_mask.shape[1], suffix_mask.shape
+        prefix_positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+        positions = prefix_positions[rows, -1:] + suffix_mask.cumsum(dim=1)
+        self._start(prefix_mask.shape[0], p + s + self.max_new, prefix, int(positions.max()))
+        self.valid[:, :p] = prefix_mask.bool()
+        self.padded = True
+        causal = torch.ones(p, p, dtype=torch.bool).tril()
+        self._layers(prefix.flatten(0, 1), prefix_positions, 0,
+                     (causal & self.valid[:, None, None, :p]) | torch.eye(p, dtype=torch.bool))
+        self.reorder(rows)
+        self.valid[:, p : p + s] = suffix_mask.bool()
+        keys, queries = torch.arange(p + s), p + torch.arange(s)
+        # Causal over cache slots; every query also sees itself, so a padding row stays finite.
+        attend = ((keys <= queries[:, None]) & self.valid[:, None, None, : p + s]) | (keys == queries[:, None])
+        x = self._layers(suffix.flatten(0, 1), positions, p, attend)
+        self.length = p + s
+        return d.head(_rms(x.view(n, s, -1)[:, -1], d.norm, d.eps))[0], positions[:, -1:]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ complete it is banned at that step.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -72,6 +73,20 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             m.training = True
 
 
+@dataclass(frozen=True)
+class SharedPrompts:
+    """Prompts split into distinct prefixes and per-row suffixes, left-padded: row b is ``prefix[rows[b]] + suffix[b]``."""
+
+    prefix: torch.Tensor
+    """Embeddings [G, P, D]."""
+    prefix_mask: torch.Tensor
+    rows: torch.Tensor
+    """Each row's prefix [B]."""
+    suffix: torch.Tensor
+    """Embeddings [B, S, D], at least one real token a row."""
+    suffix_mask: torch.Tensor
+
+
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [B, T] of ``rows`` padded on the left with ``pad``, and the mask [B, T] of real tokens."""
     width = max(len(r) for r in rows)
@@ -124,6 +139,64 @@ def _ban(logits: torch.Tensor, banned_ids: list[int]) -> torch.Tensor:
     if banned_ids:
         logits[:, banned_ids] = float("-inf")
     return logits
+
+
+_PIECE = re.compile(r"^ ?[0-9.,]+$")
+
+
+def number_pieces(decode: Callable[[list[int]], str], vocab_size: int) -> dict[int, str]:
+    """The tokens that write part of a number (digits, ``.`` and ``,``, maybe after one space), with their text."""
+    pieces = {}
+    for i in range(vocab_size):
+        text = decode([i])
+        if _PIECE.match(text) and any(c.isdigit() or c in ".," for c in text):
+            pieces[i] = text
+    return pieces
+
+
+class NumberGuard:
+    """Digits may only spell numbers a row's prompt holds, so no answer states a number of its own.
+
+    ``pieces`` are the tokens that write part of a number (``number_pieces``);
+    ``allowed[b]`` the numbers row b may state, as written there (``1,234``
+    also allows ``1234``). A number being written may only grow into an allowed
+    one, and may end only where it is one; a ``.`` or ``,`` after a whole
+    number is punctuation. Tokens mixing digits and letters are not guarded.
+    """
+
+    def __init__(self, pieces: dict[int, str], allowed: Sequence[Sequence[str]], vocab_size: int):
+        self.pieces = pieces
+        self.whole = [set(a) | {x.replace(",", "") for x in a} for a in allowed]
+        self.prefixes = [{x[:k] for x in whole for k in range(1, len(x) + 1)} for whole in self.whole]
+        self.fragment = [""] * len(allowed)
+        self.others = torch.ones(vocab_size, dtype=torch.bool)
+        self.others[list(pieces)] = False
+
+    def _grown(self, row: int, text: str) -> str:
+        return text.lstrip(" ") if text.startswith(" ") else self.fragment[row] + text
+
+    def push(self, row: int, token: int) -> None:
+        """Row ``row`` emitted ``token``."""
+        text = self.pieces.get(token)
+        grown = None if text is None else self._grown(row, text)
+        self.fragment[row] = grown if grown and grown[0].isdigit() else ""
+
+    def mask(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """``logits`` [len(rows), V] with every token banned that would write a number the row may not state."""
+        for k, row in enumerate(rows):
+            done = self.fragment[row].rstrip(".,")
+            closed = not done or done in self.whole[row]
+            banned = []
+            for token, text in self.pieces.items():
+                grows = self._grown(row, text) in self.prefixes[row] and (closed or not text.startswith(" "))
+                punctuation = closed and not any(c.isdigit() for c in text)
+                if not (grows or punctuation):
+                    banned.append(token)
+            if banned:
+                logits[k, banned] = float("-inf")
+            if not closed:
+                logits[k, self.others.to(logits.device)] = float("-inf")
+        return logits
 
 
 MAX_NGRAM_REPEATS = 2
@@ -196,8 +269,15 @@ def generate(
     should_stop: Callable[[], bool] | None = None,
     stop_strings: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
+    shared: SharedPrompts | None = None,
+    numbers: NumberGuard | None = None,
 ) -> list[list[int]]:
     """New token ids for each row of prompt embeddings ``embeds`` [B, T, D], stopping at ``eos_id`` (not returned).
+
+    ``shared``, the same prompts as distinct prefixes and per-row suffixes,
+    lets the fast decoder run each shared prefix once (greedy and top-p; the
+    HF fallback and beam search use ``embeds``). ``numbers`` keeps every
+    number a row writes to one its prompt holds (greedy and top-p).
 
     ``mask`` [B, T] marks the real tokens of left-padded rows (None: all are
     real). ``banned_ids`` are never emitted. ``lm`` runs in eval mode and gets
@@ -219,35 +299,52 @@ def generate(
                 _beam(lm, embeds[i : i + 1, mask[i].bool()], config, eos_id, banned) for i in range(embeds.shape[0])
             ]
             return [c if (c := stops.cut(row)) is not None else row for row in found]
-        return _decode(lm, embeds, mask, config, eos_id, banned, should_stop, stops)
+        return _decode(lm, embeds, mask, config, eos_id, banned, should_stop, stops, shared, numbers)
 
 
 def _decode(lm, embeds, mask, config: GenerationConfig, eos_id: int, banned: list[int],
-            should_stop: Callable[[], bool] | None = None, stops: StopStrings | None = None) -> list[list[int]]:
+            should_stop: Callable[[], bool] | None = None, stops: StopStrings | None = None,
+            shared: SharedPrompts | None = None, numbers: NumberGuard | None = None) -> list[list[int]]:
     generator = None if config.seed is None else torch.Generator(device=embeds.device).manual_seed(config.seed)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     steps = _steps(lm, config.max_new_tokens)
     rows = embeds.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
+    live = list(range(rows))
+    """The rows still decoding, in the order of the current logits and cache rows."""
     try:
-        logits = steps.prefill(embeds, mask, positions)
-        position = positions[:, -1:]
+        if shared is not None and isinstance(steps, Session):
+            logits, position = steps.prefill_shared(shared.prefix, shared.prefix_mask, shared.rows, shared.suffix,
+                                                    shared.suffix_mask)
+        else:
+            logits = steps.prefill(embeds, mask, positions)
+            position = positions[:, -1:]
         for step in range(config.max_new_tokens):
-            logits = _ban_loops(_ban(logits, banned), out, config.loop_ngram)
+            logits = _ban_loops(_ban(logits, banned), [out[i] for i in live], config.loop_ngram)
+            if numbers is not None:
+                logits = numbers.mask(logits, live)
             if config.strategy == "greedy":
                 tokens = logits.argmax(dim=-1)
             else:
                 tokens = _sample_top_p(logits, config.top_p, config.temperature, generator)
-            for i, t in enumerate(tokens.tolist()):
-                done[i] = done[i] or t == eos_id
+            for i, t in zip(live, tokens.tolist()):
+                done[i] = t == eos_id
                 if not done[i]:
                     out[i].append(t)
+                    if numbers is not None:
+                        numbers.push(i, t)
                     cut = stops.cut(out[i]) if stops is not None else None
                     if cut is not None:
                         out[i], done[i] = cut, True
             if all(done) or step == config.max_new_tokens - 1 or (should_stop is not None and should_stop()):
                 break
+            keep = [k for k, i in enumerate(live) if not done[i]]
+            if len(keep) < len(live):
+                # Finished rows leave the batch: each step then computes only the answers still being written.
+                index = torch.tensor(keep, device=tokens.device)
+                steps.reorder(index)
+                tokens, position, live = tokens[index], position[index], [live[k] for k in keep]
             position = position + 1
             logits = steps.step(tokens, position)
     finally:

@@ -32,7 +32,8 @@ from torch import nn
 from slava.config import ConfigError, from_dict, to_dict
 from slava.errors import SlavaError
 from slava.model.config import PARAM_GROUPS, STAGES, ModelConfig
-from slava.model.generate import GenerationConfig, evaluating, generate, left_pad
+from slava.model.generate import (GenerationConfig, NumberGuard, SharedPrompts, evaluating, generate, left_pad,
+                                  number_pieces)
 from slava.model.language import GGUF_SHA256, build_language_model
 from slava.model.loss import answer_cross_entropy
 from slava.model.mope import MoPELinear, attach_mopes, expert_usage, reset_expert_usage, router_losses, sample_rank, set_rank
@@ -95,6 +96,8 @@ class SlavaModel(nn.Module):
         self.base_trained = cfg.lm.kind == "tiny_llama"
         self.gguf_sha256: str | None = getattr(lm, GGUF_SHA256, None)
         """sha256 of the GGUF file the LM was converted from (kind ``gguf``), else None."""
+        self._number_pieces: dict[int, str] | None = None
+        """The tokens that write numbers (``number_pieces``), found on first use."""
         self.requires_grad_(False)
 
     @classmethod
@@ -382,9 +385,15 @@ class SlavaModel(nn.Module):
     def generate(
         self, pixels: torch.Tensor | None, input_ids: list[list[int]], config: GenerationConfig | None = None,
         should_stop: Callable[[], bool] | None = None, stop_strings: Sequence[str] = (),
-        banned_ids: Sequence[int] = (),
+        banned_ids: Sequence[int] = (), share_prefixes: bool = True,
+        allowed_numbers: Sequence[Sequence[str]] | None = None,
     ) -> list[list[int]]:
         """New tokens for each prompt, end of turn not included; `slava.model.generate.generate` decodes.
+
+        Rows about the same image share their common prompt prefix, which the
+        fast decoder then runs once (`share_prefixes`; the tokens are the same).
+        `allowed_numbers[b]`, when given, are the only numbers row b may write
+        (`slava.model.generate.NumberGuard`).
 
         `pixels` [B,1,H,W] pairs row b with prompt b (None for text-only prompts);
         `config` defaults to `GenerationConfig()`. The `<image>` placeholder and
@@ -397,11 +406,53 @@ class SlavaModel(nn.Module):
         device = self.lm.get_input_embeddings().weight.device
         ids, mask = (t.to(device) for t in left_pad(input_ids, self.tokenizer.pad_id))
         with evaluating(self):
-            embeds = self.embed(ids, None if pixels is None else self.encode_images(pixels))
+            image_embeds = None if pixels is None else self.encode_images(pixels)
+            embeds = self.embed(ids, image_embeds)
+            shared = self._shared_prompts(pixels, input_ids, image_embeds) if share_prefixes else None
+            numbers = None
+            if allowed_numbers is not None:
+                vocab = self.lm.get_input_embeddings().weight.shape[0]
+                if self._number_pieces is None:
+                    self._number_pieces = number_pieces(self.tokenizer.decode, self.tokenizer.vocab_size)
+                numbers = NumberGuard(self._number_pieces, allowed_numbers, vocab)
             return generate(self.lm, embeds, GenerationConfig() if config is None else config,
                             eos_id=self.tokenizer.eos_id, mask=mask,
                             banned_ids=[self.tokenizer.image_id, *banned_ids], should_stop=should_stop,
-                            stop_strings=stop_strings, decode=self.tokenizer.decode)
+                            stop_strings=stop_strings, decode=self.tokenizer.decode, shared=shared, numbers=numbers)
+
+    def _shared_prompts(self, pixels: torch.Tensor | None, input_ids: list[list[int]],
+                        image_embeds: torch.Tensor | None) -> SharedPrompts | None:
+        """The prompts as distinct prefixes + suffixes where rows share an image and a token prefix; None where none do.
+
+        Questions about one image share the system prompt, the image tokens and
+        its context line: more than half of each prompt.
+        """
+        groups: dict[bytes, list[int]] = {}
+        for b in range(len(input_ids)):
+            key = b"" if pixels is None else hashlib.sha1(pixels[b].detach().cpu().numpy().tobytes()).digest()
+            groups.setdefault(key, []).append(b)
+        if all(len(g) == 1 for g in groups.values()):
+            return None
+        image_id, pad = self.tokenizer.image_id, self.tokenizer.pad_id
+        prefixes, firsts, rows, suffixes = [], [], [0] * len(input_ids), [None] * len(input_ids)
+        for members in groups.values():
+            seqs = [input_ids[b] for b in members]
+            n = min(len(q) for q in seqs) - 1  # every suffix keeps its last token
+            n = next((k for k in range(n) if len({q[k] for q in seqs}) > 1), n)
+            if any(image_id in q[n:] for q in seqs):
+                n = 0  # an image token past the split would lose its image; such rows share nothing
+            for b in members:
+                rows[b], suffixes[b] = len(prefixes), input_ids[b][n:]
+            prefixes.append(seqs[0][:n])
+            firsts.append(members[0])
+        if not any(prefixes):
+            return None
+        device = self.lm.get_input_embeddings().weight.device
+        pre_ids, pre_mask = (t.to(device) for t in left_pad(prefixes, pad))
+        suf_ids, suf_mask = (t.to(device) for t in left_pad(suffixes, pad))
+        picked = None if image_embeds is None else image_embeds[firsts]
+        return SharedPrompts(self.embed(pre_ids, picked), pre_mask, torch.tensor(rows, device=device),
+                             self.embed(suf_ids, None), suf_mask)
 
     @torch.no_grad()
     def score_continuations(

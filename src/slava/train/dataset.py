@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from slava.data.chat import IGNORE_INDEX, IMAGE_TOKEN, ChatFormatError, encode, question_of, split_human, user_turn
+from slava.data.chat import IGNORE_INDEX, IMAGE_TOKEN, ChatFormatError, encode, split_human, user_turn
 from slava.data.records import resolve_image
 from slava.model.pixels import to_model_pixels
 
@@ -171,34 +171,6 @@ def tag_records(records: Sequence[dict], tags: Mapping[str, str], root: Path) ->
             continue
         out.append({**rec, "conversations": [user_turn(question, context, tag=tag), *turns[1:]]})
     return out
-
-
-def pack_by_image(records: Sequence[dict], per_image: int) -> list[dict]:
-    """Records of one image merged, up to ``per_image`` at a time, into one multi-turn conversation (as LLaVA trains).
-
-    The first human turn keeps the image and its context line; the later ones
-    keep only their questions, so a conversation pays for the image tokens,
-    the context and the system prompt once instead of once per answer. Within
-    an image, records are ordered by a hash of their id, so no task always
-    sits in the first turn (the one every question is asked in at inference).
-    """
-    if per_image <= 1:
-        return list(records)
-    groups: dict[str, list[dict]] = {}
-    for rec in records:
-        groups.setdefault(str(rec.get("image")), []).append(rec)
-    packed = []
-    for recs in groups.values():
-        recs = sorted(recs, key=lambda r: hashlib.sha256(str(r.get("id")).encode()).digest())
-        for k in range(0, len(recs), per_image):
-            chunk = recs[k : k + per_image]
-            turns = [dict(t) for t in chunk[0]["conversations"]]
-            for rec in chunk[1:]:
-                first, *rest = rec["conversations"]
-                turns.append({"from": "human", "value": question_of(first.get("value", ""))})
-                turns.extend(dict(t) for t in rest)
-            packed.append({**chunk[0], "id": "+".join(str(r.get("id")) for r in chunk), "conversations": turns})
-    return packed
 
 
 def split_records(records: Sequence[dict], val_fraction: float) -> tuple[list[dict], list[dict], int]:

@@ -60,11 +60,6 @@ class StageConfig:
     """Times each record of a task appears per epoch (`{classify: 3}`): a one-word
     answer is a sliver of a batch's answer tokens, so without repeats the
     per-token loss barely teaches the image → class mapping."""
-    turns_per_image: int = 1
-    """Records of one image packed into one multi-turn conversation (`slava.train.dataset.pack_by_image`):
-    the image, its context line and the system prompt are then paid for once per conversation. On
-    SmolLM2 a VQA record's prompt is about 3/4 of its tokens, so 4 turns train about twice the
-    answers per CPU-second. A step's `batch_size` counts conversations."""
     images: bool | None = None
     """Feed the records' images; None = every stage but `base`. A `base` stage
     with images also trains the projector, so the tiny LM learns to read image
@@ -102,6 +97,9 @@ class Recipe:
     at 160 px); off = run the tower on every step."""
     val_fraction: float = 0.05
     """Held-out fraction (by image hash) when no record has `meta.split == "val"`."""
+    val_max: int | None = None
+    """Validation examples per stage at most, spread evenly over them; None = all. Each costs a forward
+    pass: on smol-cpu the demo set's 160 took over a minute of a ten-minute run."""
     threads: ThreadSetting = "auto"
     """torch CPU threads per process; `auto` = the cores this process may use
     (its affinity mask), shared among the processes torchrun starts on the node."""
@@ -213,7 +211,7 @@ def validate_recipe(recipe: Recipe) -> None:
         raise ConfigError("head.tags: the head is fitted before training on the tower's features, so no stage may "
                           "train the tower (model.vision.trainable_blocks must be 0)")
     for i, stage in enumerate(recipe.stages):
-        for key in ("epochs", "batch_size", "grad_accum", "max_steps", "turns_per_image"):
+        for key in ("epochs", "batch_size", "grad_accum", "max_steps"):
             value = getattr(stage, key)
             if value is not None and value < 1:
                 raise ConfigError(f"stages[{i}].{key}: must be at least 1")
@@ -242,6 +240,8 @@ def validate_recipe(recipe: Recipe) -> None:
         raise ConfigError("checkpoint_every and keep_checkpoints must be at least 1")
     _at_least(recipe.max_len, 1, "max_len")
     _at_least(recipe.num_workers, 0, "num_workers")
+    if recipe.val_max is not None and recipe.val_max < 1:
+        raise ConfigError(f"val_max: must be at least 1 (or null for all), got {recipe.val_max}")
     if not 0 <= recipe.val_fraction < 1:
         raise ConfigError(f"val_fraction: must be in [0, 1), got {recipe.val_fraction}")
 

@@ -41,8 +41,8 @@ from slava.train import distributed as D
 from slava.train.augment import choose_variants, degrade, variant_seed
 from slava.data.atomic import write_text_atomic
 from slava.train.checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng, save_tensors_atomic
-from slava.train.dataset import (Example, ImageStore, build_examples, collate, pack_by_image, split_records,
-                                 tag_records, target_tokens)
+from slava.train.dataset import (Example, ImageStore, build_examples, collate, split_records, tag_records,
+                                 target_tokens)
 from slava.train.metrics import MetricsLog, load_entropy, truncate_after
 from slava.train.recipe import Recipe, StageConfig, recipe_to_yaml
 from slava.train.schedule import make_scheduler
@@ -274,15 +274,11 @@ class Trainer:
             max_len=recipe.max_len, images=self.images, text_only=text_only, tasks=stage.tasks,
             label_text=stage.name == "base",
         )
-        def stage_records(records: list[dict]) -> list[dict]:
-            # Tasks are chosen before packing: a packed conversation carries only its first record's task.
-            chosen = [r for r in records if stage.tasks is None or r.get("task") in stage.tasks]
-            return pack_by_image(chosen, stage.turns_per_image)
-
-        records = [r for r in stage_records(self.train_records) for _ in range(stage.repeat.get(r.get("task"), 1))]
+        records = [r for r in self.train_records for _ in range(stage.repeat.get(r.get("task"), 1))]
         train_ex, skipped = build_examples(records, what=f"stage {stage.name}, training records", **common)
-        val_ex, _ = build_examples(stage_records(self.val_records), what=f"stage {stage.name}, validation records",
-                                   **common)
+        val_ex, _ = build_examples(self.val_records, what=f"stage {stage.name}, validation records", **common)
+        if recipe.val_max is not None and len(val_ex) > recipe.val_max:
+            val_ex = val_ex[:: -(-len(val_ex) // recipe.val_max)]
         features = None if text_only else self._tower_features(model, train_ex, val_ex, autocast)
         per_step = stage.batch_size * stage.grad_accum
         steps_per_epoch = len(train_ex) // per_step
