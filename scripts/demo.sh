@@ -12,7 +12,7 @@ RUN=${RUN:-runs/smol-cpu}
 REAL=${REAL:-../shared/data/real-sem}
 N=${N:-400}
 LIMIT=${LIMIT:-80}
-TEXT_LIMIT=${TEXT_LIMIT:-18}
+TEXT_LIMIT=${TEXT_LIMIT:-21}
 mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[demo] $1 ($(( $(date +%s) - start )) s)"; }
