@@ -141,3 +141,13 @@ def test_the_number_guard_lets_digits_spell_only_the_numbers_the_prompt_holds():
     assert allowed() == {9, 11}  # 4920 or 4,920, nothing else
     guard.push(0, 9), guard.push(0, 2), guard.push(0, 0)
     assert allowed() == {10, 11, 12} | others  # 4920 is whole: "." and "," are punctuation, " 1" a new number
+
+
+def test_a_number_the_loop_guard_would_cut_in_half_is_finished():
+    """The loop guard bans "7" after a third "1", but "1" alone is no number the prompt holds: the number wins."""
+    from slava.model.generate import NumberGuard
+
+    lm = ScriptedLM(follow={8: 9, 9: 11, 11: 8}, first=8)
+    numbers = NumberGuard({8: " 1", 9: "7", 11: "."}, [["17"]], VOCAB)
+    out = _generate(lm, GenerationConfig(max_new_tokens=8, loop_ngram=2), numbers=numbers)
+    assert out[:8] == [8, 9, 11, 8, 9, 11, 8, 9]

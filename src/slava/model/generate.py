@@ -321,9 +321,16 @@ def _decode(lm, embeds, mask, config: GenerationConfig, eos_id: int, banned: lis
             logits = steps.prefill(embeds, mask, positions)
             position = positions[:, -1:]
         for step in range(config.max_new_tokens):
-            logits = _ban_loops(_ban(logits, banned), [out[i] for i in live], config.loop_ngram)
-            if numbers is not None:
-                logits = numbers.mask(logits, live)
+            logits = _ban(logits, banned)
+            if numbers is None:
+                logits = _ban_loops(logits, [out[i] for i in live], config.loop_ngram)
+            else:
+                plain = logits.clone()
+                logits = numbers.mask(_ban_loops(logits, [out[i] for i in live], config.loop_ngram), live)
+                # A number half written whose only continuation the loop guard bans: finishing it comes first.
+                stuck = (~torch.isfinite(logits).any(dim=-1)).nonzero().flatten().tolist()
+                if stuck:
+                    logits[stuck] = numbers.mask(plain[stuck], [live[k] for k in stuck])
             if config.strategy == "greedy":
                 tokens = logits.argmax(dim=-1)
             else:
