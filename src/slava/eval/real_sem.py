@@ -70,8 +70,12 @@ def spread(items: Sequence, n: int) -> list:
 
 
 def names_object(text: str, words: Sequence[str]) -> bool:
-    """Whether ``text`` uses one of ``words`` (stems: "cell" matches "cells", not "excellent")."""
-    return any(re.search(rf"\b{re.escape(w)}", text, re.IGNORECASE) for w in words)
+    """Whether ``text`` uses one of ``words``, alone or ending a word, plural or not.
+
+    "particle" matches "nanoparticles" and "particle-like"; "cell" matches
+    "cells" but neither "cellulose" nor "excellent".
+    """
+    return any(re.search(rf"{re.escape(w)}(?:s|es)?\b", text, re.IGNORECASE) for w in words)
 
 
 def _thumbnail(pixels: np.ndarray, path: Path, side: int = 200) -> Path:
