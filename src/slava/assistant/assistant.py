@@ -224,14 +224,16 @@ class Assistant:
         return self.chat(image, [user_turn(question)], GenerationConfig(max_new_tokens=max_new_tokens, strategy=strategy))
 
     def chat(self, image: ImageInput, turns: Sequence[dict], config: GenerationConfig | None = None,
-             should_stop: Callable[[], bool] | None = None, context: Context | None = None) -> Answer:
+             should_stop: Callable[[], bool] | None = None, context: Context | None = None,
+             tag: str | None = None) -> Answer:
         """Answer the last human turn of a conversation (``[{"from": "human"|"gpt", "value"}]``) about ``image``.
 
         ``config`` says how to decode; None is ``GenerationConfig(max_new_tokens=128)``.
         ``should_stop`` is asked between generated tokens (the server's "client
         gone"); True ends the answer there with ``finish_reason`` "cancelled".
         ``context`` is the image's ``micrograph_context`` when the caller already
-        has it (the server counts prompt tokens with it); None computes it.
+        has it (the server counts prompt tokens with it), and ``tag`` its
+        ``tag``; None computes them.
         On an image with no calibration, sentences stating a length in nm (which
         the model can only invent) are replaced by a note saying so.
         """
@@ -251,7 +253,7 @@ class Assistant:
                 read_instrument(micrograph)
             return self._grounded(micrograph, kind, start)
         context = context or self._context_of(micrograph)
-        turns = with_context(turns, context, self._tags([micrograph])[0])
+        turns = with_context(turns, context, tag or self._tags([micrograph])[0])
         asked = " ".join(question_of(t["value"]) for t in turns if t.get("from") == "human")
         return self._generate(micrograph, turns, config, context, asked, start, should_stop)
 

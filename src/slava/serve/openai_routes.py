@@ -73,7 +73,8 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
     # The prompt the model will see: the image's context line in its turn, as in training.
     micrograph = assistant.prepare(call.image)
     image_context = assistant.context(micrograph)
-    turns = with_context(call.turns, image_context, assistant.tag(micrograph))
+    tag = assistant.tag(micrograph)
+    turns = with_context(call.turns, image_context, tag)
     prompt, _ = encode(turns, tokenizer, model.num_image_tokens, add_generation_prompt=True)
     context = int(model.cfg.lm.max_len)
     if len(prompt) >= context:
@@ -83,7 +84,8 @@ def answer_chat(assistant, call: ChatCall) -> ChatResult:
     max_tokens = min(call.max_tokens, context - len(prompt))
     config = GenerationConfig(max_new_tokens=max_tokens, strategy=call.strategy, top_p=call.top_p,
                               temperature=call.temperature)
-    answer = assistant.chat(micrograph, call.turns, config, should_stop=call.cancel.is_set, context=image_context)
+    answer = assistant.chat(micrograph, call.turns, config, should_stop=call.cancel.is_set, context=image_context,
+                            tag=tag)
     completion = answer.tokens if answer.source == "model" else len(tokenizer.encode(answer.text))
     return ChatResult(answer, len(prompt), completion, max_tokens)
 

@@ -535,21 +535,30 @@ class Trainer:
         return True
 
     @torch.no_grad()
-    def _head_features(self, model, images: list[str], kind: str) -> torch.Tensor:
-        """The head's features of clean images: the cached tower output where training kept it, else one tower forward."""
+    def _head_features(self, model, images: list[str], kind: str,
+                       memo: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The head's features of clean images: the cached tower output where training kept it, else one tower forward.
+
+        ``memo`` (image → feature) keeps what was computed for a later call with the same frozen tower.
+        """
         from slava.model.class_head import head_features, pooled_tokens
 
         if kind == "pooled" and all((im, 0) in self.features for im in images):
             return torch.stack([pooled_tokens(self.features[(im, 0)][None])[0] for im in images])
-        out = []
-        for i in range(0, len(images), 32):
-            pixels = torch.stack([self.images.get(im) for im in images[i : i + 32]]).to(self.info.device)
+        memo = {} if memo is None else memo
+        todo = [im for im in dict.fromkeys(images) if im not in memo]
+        for i in range(0, len(todo), 32):
+            chunk = todo[i : i + 32]
+            pixels = torch.stack([self.images.get(im) for im in chunk]).to(self.info.device)
             with self.precision.autocast(self.info.device.type):
-                out.append(head_features(model, pixels, kind).float().cpu())
-        return torch.cat(out)
+                memo.update(zip(chunk, head_features(model, pixels, kind).float().cpu().unbind(0)))
+        return torch.stack([memo[im] for im in images])
 
-    def _fitted_head(self, model):
-        """(classification head, its summary) fitted on the training images (``slava.train.class_head``), or (None, None)."""
+    def _fitted_head(self, model, memo: dict[str, torch.Tensor] | None = None):
+        """(classification head, its summary) fitted on the training images (``slava.train.class_head``), or (None, None).
+
+        ``memo`` is ``_head_features``'.
+        """
         from slava.data.run_head import HEAD_FILE
         from slava.train.class_head import fit_head, head_macro_f1
 
@@ -559,12 +568,13 @@ class Trainer:
             return None, None
         model.eval()
         start = time.perf_counter()
-        head = fit_head(self._head_features(model, list(train), cfg.features), list(train.values()), cfg, self.recipe.seed)
+        head = fit_head(self._head_features(model, list(train), cfg.features, memo), list(train.values()), cfg,
+                        self.recipe.seed)
         out = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
                "train_images": len(train)}
         val = {im: c for im, c in self._classed_images(self.val_records).items() if c in head.labels}
         if val:
-            f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features), list(val.values()))
+            f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features, memo), list(val.values()))
             out.update(val_images=len(val), val_macro_f1=round(f1, 4))
         out["fit_s"] = round(time.perf_counter() - start, 2)
         log.info("classification head (%s on %s features): %s", head.kind, head.features,
@@ -575,14 +585,16 @@ class Trainer:
         """Fit the head before the first stage and tag every record's image prompt with its top class (``HeadConfig.tags``)."""
         from slava.model.class_head import image_tags
 
-        self.head, self.head_summary = self._fitted_head(model)
+        # The tower is frozen throughout (validate_recipe), so each image's features are computed once here.
+        memo: dict[str, torch.Tensor] = {}
+        self.head, self.head_summary = self._fitted_head(model, memo)
         if self.head is None:
             raise SlavaError("head.tags needs a classification head: enable it, with records naming at least two "
                              "classes (meta.class)")
         for which in ("train_records", "val_records"):
             records = getattr(self, which)
             images = sorted({im for r in records if r.get("image") and self._readable(im := resolve_image(r, self.root))})
-            feats = self._head_features(model, images, self.head.features) if images else None
+            feats = self._head_features(model, images, self.head.features, memo) if images else None
             tags = dict(zip(images, image_tags(self.head, feats))) if images else {}
             setattr(self, which, tag_records(records, tags, self.root))
         log.info("image prompts tagged with the head's class (%d training records)", len(self.train_records))
