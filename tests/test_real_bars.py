@@ -224,3 +224,21 @@ def test_superalloy_precipitates_counted_near_the_truth():
         fractions.append(abs(pores.pore_fraction - sum(row["area_fraction"].values())))
     # γ′ images dark: the dark-phase count and fraction (bench/bench_real_measure.py has the full set).
     assert float(np.median(errors)) < 0.25 and float(np.median(fractions)) < 0.07
+
+
+@needs_data
+@needs_ocr
+def test_a_bar_read_again_is_not_ocrd_again(monkeypatch):
+    import pytesseract
+
+    first = load_micrograph(GIFT, read_bar=True).instrument
+    calls = []
+    real = pytesseract.image_to_data
+    monkeypatch.setattr(pytesseract, "image_to_data", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = load_micrograph(GIFT, read_bar=True).instrument
+    assert calls == [] and again == first and again is not first
+    # Different pixels are read.
+    m = load_micrograph(GIFT, read_bar=False)
+    m.bar_pixels = m.bar_pixels[:, ::-1].copy()
+    read_instrument(m)
+    assert calls

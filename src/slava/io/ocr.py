@@ -8,7 +8,10 @@ words with the reason, so callers carry on without the text.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,13 @@ MIN_CONFIDENCE = 0
 MISSING = "Tesseract OCR is not installed (apt-get install tesseract-ocr, or `make ocr`): the data-bar text was not read"
 
 _warned = False
+
+# Regions read lately, by their pixels and reading settings. A server is sent the same image
+# with every turn of a chat and every question about it, and OCR (~0.5 s a bar) was most of
+# its work under load. Only successful reads are kept: a missing Tesseract may be installed later.
+READ_CACHE = 512
+_read: OrderedDict[bytes, list] = OrderedDict()
+_read_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,29 @@ def read_words(
     """The words in ``region`` ([H, W] in [0, 1]) and any problem; boxes are shifted by ``offset`` (x, y).
 
     ``psm`` 11 is Tesseract's sparse-text mode: bar text is scattered
-    fields, not paragraphs. ``scale`` overrides the enlargement.
+    fields, not paragraphs. ``scale`` overrides the enlargement. A region read lately with the
+    same settings is not read again (``READ_CACHE``).
     """
     problem = tesseract_problem()
     if problem is not None:
         _warn_once(problem)
         return [], problem
+    region = np.ascontiguousarray(region, dtype=np.float32)
+    key = hashlib.sha256(repr((region.shape, offset, psm, scale)).encode() + region.tobytes()).digest()
+    with _read_lock:
+        if key in _read:
+            _read.move_to_end(key)
+            return list(_read[key]), None
+    words, problem = _read_words(region, offset, psm, scale)
+    if problem is None:
+        with _read_lock:
+            _read[key] = list(words)
+            while len(_read) > READ_CACHE:
+                _read.popitem(last=False)
+    return words, problem
+
+
+def _read_words(region: np.ndarray, offset: tuple[int, int], psm: int, scale: int | None) -> tuple[list[Word], str | None]:
     import pytesseract
     from PIL import Image
 
