@@ -190,3 +190,23 @@ def classify_question() -> str:
     from slava.teacher.prompts import classify_prompt
 
     return classify_prompt(list(TINY_CLASSES))
+
+
+def test_head_augment_fits_the_head_on_the_degraded_copies_too(tiny_run, tmp_path):
+    """head.augment: the head sees each training image's degraded copies besides the clean one."""
+    from slava.train.recipe import recipe_from_dict
+    from slava.train.trainer import train
+
+    from tiny_run import TINY_RECIPE
+
+    spec = json.loads(json.dumps(TINY_RECIPE))
+    spec["head"] = {"augment": 2}
+    spec["stages"] = [{"name": "align", "max_steps": 1, "batch_size": 8, "tasks": ["caption"], "lr": {"projector": 1e-3}}]
+    summary = train(recipe_from_dict(spec), tiny_run.parent / "records.jsonl", tmp_path / "run", progress=False)
+    assert summary["classifier"]["degraded_copies"] == 2
+    # The tower is frozen in both runs, so only the degraded copies can make the heads differ.
+    clean, augmented = load_head(tiny_run / HEAD_FILE), load_head(tmp_path / "run" / HEAD_FILE)
+    assert clean.labels == augmented.labels and clean.weight.shape == augmented.weight.shape
+    assert not torch.allclose(clean.weight, augmented.weight, atol=1e-3)
+    with pytest.raises(Exception, match="head.augment: must be at least 0"):
+        recipe_from_dict({**spec, "head": {"augment": -1}})

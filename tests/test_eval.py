@@ -134,6 +134,45 @@ def test_small_end_to_end_eval_writes_report_and_metrics(tiny, tmp_path):
     assert Path(out / "plots" / "confusion_student.png").is_file()
 
 
+def test_artefact_copies_keep_calibration_and_truth_except_a_new_field(tiny):
+    from slava.io import load_micrograph
+
+    run, images = tiny
+    items = load_eval_data(images).split("test")[:3]
+    noisy = T.artefact_items(items, "noise", "strong", seed=0)
+    again = T.artefact_items(items, "noise", "strong", seed=0)
+    zoomed = T.artefact_items(items, "magnification", "moderate", seed=0)
+    for it, n, a, z in zip(items, noisy, again, zoomed):
+        clean = load_micrograph(it.image)
+        assert n.image.pixel_size_nm == clean.pixel_size_nm and n.image.pixels.shape == clean.pixels.shape
+        assert np.array_equal(n.image.pixels, a.image.pixels) and not np.array_equal(n.image.pixels, clean.pixels)
+        assert n.truth == it.truth and n.label == it.label and z.truth == {}
+    assert not np.array_equal(noisy[0].image.pixels, noisy[1].image.pixels[: noisy[0].image.pixels.shape[0]])
+
+
+def test_eval_scores_each_artefact_at_each_severity_on_any_data(tiny, tmp_path):
+    from slava.eval.runner import evaluate
+
+    run, images = tiny
+    out = tmp_path / "report"
+    m = evaluate(run, images, out, tasks=["classify", "count"], shots=[], artefacts=["noise", "bit_depth"],
+                 baselines=["texture"], limit=6, precision="fp32", threads=1, log=lambda *_: None)
+    arte = m["artefacts"]
+    assert arte["severities"] == ["moderate", "strong"] and set(arte["macro_f1"]) == {"noise", "bit_depth"}
+    for name in arte["macro_f1"]:
+        for severity in arte["severities"]:
+            row = arte["macro_f1"][name][severity]
+            assert set(row) == {"student", "texture"} and all(0 <= v <= 1 for v in row.values())
+    assert arte["worst_strong"] == min(arte["macro_f1"][n]["strong"]["student"] for n in arte["macro_f1"])
+    assert "moderate" in arte["count_mae"]["noise"]
+    goals = {g["goal"]: g for g in m["goals"]}
+    assert goals["macro-F1 under artefacts, strong (worst)"]["target"] == ">= 0.75"
+    html = (out / "report.html").read_text()
+    assert "Instrument artefacts" in html and (out / "plots" / "artefacts.png").is_file()
+    with pytest.raises(Exception, match="unknown artefact"):
+        evaluate(run, images, tmp_path / "bad", tasks=["classify"], artefacts=["smudge"], log=lambda *_: None)
+
+
 def test_image_ablation_falls_to_chance(tiny):
     """Blank images carry no class, and a derangement of the images breaks even a perfect image reader.
 

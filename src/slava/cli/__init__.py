@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "synth": "slava.cli.synth",
     "teach": "slava.cli.teach",
     "train": "slava.cli.train",
+    "adapt": "slava.cli.adapt",
     "plot": "slava.cli.plot",
     "ask": "slava.cli.ask",
     "caption": "slava.cli.caption",

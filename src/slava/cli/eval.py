@@ -15,6 +15,12 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in _csv(text) if int(part) > 0]
 
 
+def _artefacts(text: str) -> list[str]:
+    from slava.artefacts import ARTEFACTS
+
+    return list(ARTEFACTS) if text.strip() == "all" else _csv(text)
+
+
 def _threads(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
@@ -35,6 +41,11 @@ def register(subparsers) -> None:
                    help="comma list of caption,vqa,classify,count (default all)")
     p.add_argument("--shots", type=_ints, default=[1, 5, 10], help="few-shot support sizes (default 1,5,10; 0 = none)")
     p.add_argument("--shifts", type=_csv, default=[], help="comma list of noise,blur,contrast,charging,scale")
+    p.add_argument("--artefacts", type=_artefacts, default=[],
+                   help="instrument artefacts applied to the test images (any data): comma list of "
+                        "magnification,defocus,contrast,charging,scan,noise,bit_depth,jpeg, or all")
+    p.add_argument("--severities", type=_csv, default=["moderate", "strong"],
+                   help="severities of --artefacts (default moderate,strong)")
     p.add_argument("--baselines", type=_csv, nargs="?", const=["texture", "efficientnet"], default=[],
                    help="baselines trained on the train split: texture,efficientnet (flag alone: both)")
     p.add_argument("--limit", type=int, default=None, help="at most N test images per task (class-balanced)")
@@ -67,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = evaluate(
         args.run or default_run(), args.data, args.out, tasks=args.tasks, shots=args.shots, shifts=args.shifts,
+        artefacts=args.artefacts, severities=args.severities,
         baselines=args.baselines, limit=args.limit, text_limit=args.text_limit, zero_shot=args.zero_shot,
         neu=args.neu, real=args.real, seed=args.seed, precision=args.precision, threads=args.threads,
     )

@@ -82,6 +82,26 @@ def plot_robustness(robust: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_artefacts(arte: dict, clean: float | None, path: Path) -> Path:
+    """The student's macro-F1 per instrument artefact, one bar per severity, the clean figure as a line."""
+    plt = _plt()
+    names, severities = list(arte["macro_f1"]), arte["severities"]
+    x = np.arange(len(names))
+    w = 0.8 / max(len(severities), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 3.5))
+    for k, severity in enumerate(severities):
+        ax.bar(x + (k - (len(severities) - 1) / 2) * w, [arte["macro_f1"][n][severity]["student"] for n in names], w,
+               label=severity)
+    if clean is not None:
+        ax.axhline(clean, color="k", lw=1, ls="--", label=f"clean {clean:.3f}")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("macro-F1")
+    ax.legend(fontsize=8)
+    ax.set_title("the student's classification under instrument artefacts", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_expert_load(load: dict[str, list[float]], path: Path) -> Path:
     """Fraction of tokens routed to each expert, per adapted layer."""
     plt = _plt()
@@ -215,6 +235,16 @@ def write_report(metrics: dict, out: Path) -> Path:
         models = sorted({m for s in robust["macro_f1"].values() for m in s})
         parts.append("<h2>Robustness (macro-F1)</h2>" + _table(rows, ["set", *models, "particle count MAE"]))
         parts.append(_img(plot_robustness(robust, plots / "robustness.png")))
+
+    arte = metrics.get("artefacts")
+    if arte:
+        rows = [{"artefact": n, "severity": sev, **arte["macro_f1"][n][sev], "particle count MAE": arte["count_mae"][n].get(sev)}
+                for n in arte["macro_f1"] for sev in arte["severities"]]
+        models = sorted({k for n in arte["macro_f1"].values() for row in n.values() for k in row})
+        clean = ((metrics.get("classification") or {}).get("closed_set") or {}).get("macro_f1")
+        parts.append("<h2>Instrument artefacts (macro-F1 on the test images, each artefact alone)</h2>"
+                     + _table(rows, ["artefact", "severity", *models, "particle count MAE"]))
+        parts.append(_img(plot_artefacts(arte, clean, plots / "artefacts.png")))
 
     load = metrics.get("expert_load")
     if load:

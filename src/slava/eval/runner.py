@@ -63,6 +63,10 @@ def _goals(m: dict) -> list[dict]:
     robust = m.get("robustness") or {}
     shifted = [s.get("student") for k, s in (robust.get("macro_f1") or {}).items() if k != "clean"]
     add("macro-F1 under shift (worst)", min(shifted) if shifted else None, ">= 0.95", lambda v: v >= 0.95)
+    arte = m.get("artefacts") or {}
+    for severity, target in (("moderate", 0.90), ("strong", 0.75)):
+        add(f"macro-F1 under artefacts, {severity} (worst)", arte.get(f"worst_{severity}"), f">= {target}",
+            lambda v, target=target: v >= target)
     add("METEOR vs teacher", ((m.get("text") or {}).get("overall") or {}).get("meteor"), ">= 0.85", lambda v: v >= 0.85)
     hyg = (m.get("text") or {}).get("hygiene") or {}
     if hyg.get("generated"):
@@ -205,6 +209,36 @@ def _robustness(r: _Run, shifts: Sequence[str], count: bool) -> None:
     m["robustness"] = r.timed("robustness", robustness)
 
 
+def _artefact_robustness(r: _Run, artefacts: Sequence[str], severities: Sequence[str], count: bool) -> None:
+    """Closed-set macro-F1 (student and fitted baselines) and particle counts with the test images under each
+    instrument artefact at each severity (``slava.artefacts``): works on any data, real images included."""
+    m = r.m
+
+    def robustness():
+        truth = [it.label for it in r.closed_items]
+        out: dict = {"severities": list(severities), "macro_f1": {}, "count_mae": {}}
+        for name in artefacts:
+            out["macro_f1"][name], out["count_mae"][name] = {}, {}
+            for severity in severities:
+                items = T.artefact_items(r.closed_items, name, severity, r.seed)
+                scores, _ = T.classify_task(r.assistant, items, r.seen)
+                row = {"student": scores["macro_f1"]}
+                if r.fitted:
+                    px = [it.image.pixels for it in items]
+                    for base, model in r.fitted.items():
+                        row[base] = M.macro_f1(truth, [x[0] for x in model.rank(px)], r.seen)
+                out["macro_f1"][name][severity] = row
+                if count:
+                    counted = T.counting_task(r.assistant, [it for it in items if "particle_count" in it.truth])
+                    if "particle_count" in counted:
+                        out["count_mae"][name][severity] = counted["particle_count"]["mae"]
+        for severity in severities:
+            out[f"worst_{severity}"] = min(out["macro_f1"][n][severity]["student"] for n in artefacts)
+        return out
+
+    m["artefacts"] = r.timed("artefacts", robustness)
+
+
 def evaluate(
     run: str | Path,
     data: str | Path,
@@ -212,6 +246,8 @@ def evaluate(
     tasks: Sequence[str] = TASKS,
     shots: Sequence[int] = SHOTS,
     shifts: Sequence[str] = (),
+    artefacts: Sequence[str] = (),
+    severities: Sequence[str] = ("moderate", "strong"),
     baselines: Sequence[str] = (),
     limit: int | None = None,
     text_limit: int | None = None,
@@ -230,11 +266,14 @@ def evaluate(
     classes the run never saw are used, and any of them found in the run's
     answers is left out with a note. ``precision`` and ``threads`` follow
     ``slava.hardware`` (auto: bf16 only where native; the cores this process may use).
-    ``real`` is a folder of real sets (``slava.eval.real_sem``) whose captions
+    ``artefacts`` are ``slava.artefacts`` names applied to the test images at
+    each of ``severities``; ``shifts`` are synthetic twins rendered under a
+    shift (synthetic sets only). ``real`` is a folder of real sets (``slava.eval.real_sem``) whose captions
     are shown beside their images and checked.
     """
     from slava.assistant import Assistant, trained_labels
     from slava.hardware import describe_run, use_threads
+    from slava.artefacts import ARTEFACTS, SEVERITIES
     from slava.synth import SHIFTS
 
     unknown = sorted(set(tasks) - set(TASKS))
@@ -243,6 +282,10 @@ def evaluate(
     bad = sorted(set(shifts) - set(SHIFTS))
     if bad:
         raise SlavaError(f"unknown shift(s) {bad}; known: {', '.join(SHIFTS)}")
+    bad = sorted(set(artefacts) - set(ARTEFACTS)) + sorted(set(severities) - set(SEVERITIES))
+    if bad:
+        raise SlavaError(f"unknown artefact(s) or severity(ies) {bad}; artefacts: {', '.join(ARTEFACTS)}; "
+                         f"severities: {', '.join(SEVERITIES)}")
     if zero_shot:
         # Refused before any work is done, not after minutes of other tasks.
         T.refuse_leaks(run, zero_shot)
@@ -275,6 +318,8 @@ def evaluate(
         _baselines(r, baselines, precision)
     if shifts and r.clean_ranked is not None:
         _robustness(r, shifts, "count" in tasks)
+    if artefacts and severities and r.clean_ranked is not None:
+        _artefact_robustness(r, artefacts, severities, "count" in tasks)
     if neu is not None:
         m["neu"] = {"five_shot": r.timed("NEU-DET 5-shot", lambda: neu_few_shot(assistant, neu, 5, limit))}
 

@@ -292,3 +292,26 @@ def shifted_items(items: Sequence[EvalItem], summary: dict, shift: str, out_dir:
         path.with_suffix(".json").write_text(json.dumps({"pixel_size_nm": truth["pixel_size_nm"]}))
         out.append(EvalItem(str(path), it.label, "test", _truth_from_quantities(it.label, truth["quantities"])))
     return out
+
+
+def artefact_items(items: Sequence[EvalItem], artefact: str, severity: str, seed: int) -> list[EvalItem]:
+    """``items`` with each image under ``artefact`` at ``severity`` (``slava.artefacts``), as in-memory micrographs.
+
+    Any image can be shifted this way, synthetic or real. Each keeps its
+    pixel size, and its truth except after ``magnification``, whose field is
+    another one; the artefact's seed differs per image.
+    """
+    from dataclasses import replace
+
+    from slava.artefacts import shifted
+    from slava.io import load_micrograph, micrograph_from_array
+
+    out = []
+    for i, it in enumerate(items):
+        m = load_micrograph(it.image)
+        pixels = shifted(m.pixels, artefact, severity, seed * 100_003 + i)
+        moved = micrograph_from_array(pixels, pixel_size_nm=m.pixel_size_nm, crop_data_bar=False, read_bar=False,
+                                      path=f"{it.image} ({artefact}, {severity})")
+        truth = {} if artefact == "magnification" else it.truth
+        out.append(replace(it, image=moved, truth=truth))
+    return out

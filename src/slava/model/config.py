@@ -40,6 +40,11 @@ class VisionConfig:
     EfficientNet-Lite0 a 5×5 grid at ~40 % of the 224 px cost on 2 cores."""
     trainable_blocks: int = 0
     """Number of top tower blocks trained in the instruct stage (0 = frozen)."""
+    stretch: bool = False
+    """Stretch every input's 0.5th-99.5th percentile grey range to [0, 1] before the tower
+    (``slava.model.pixels.robust_stretch``); see recipes/README.md for what it buys under shifts."""
+    denoise: bool = False
+    """Smooth inputs whose estimated noise is above any training image's (``slava.model.pixels.denoise_noisy``)."""
     vit_patch: int = 16
     """Patch side of the from-scratch ViT."""
     vit_dim: int = 192

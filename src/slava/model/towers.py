@@ -17,6 +17,7 @@ from torch import nn
 
 from slava.errors import SlavaError
 from slava.model.config import VisionConfig
+from slava.model.pixels import denoise_noisy, robust_stretch
 
 
 class TowerError(SlavaError):
@@ -31,17 +32,23 @@ class VisionTower(nn.Module):
     grid: int
     channels: int
     blocks: list[nn.Module]
+    stretch: bool = False
+    denoise: bool = False
 
     def _set_norm(self, mean, std) -> None:
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Grey [B,1,H,W] in [0,1] → the tower's normalised input [B,C,S,S]."""
+        """Grey [B,1,H,W] in [0,1] → the tower's normalised input [B,C,S,S] (stretched and denoised where asked)."""
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             pixels = F.interpolate(
                 pixels.float(), size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
             )
+        if self.denoise:
+            pixels = denoise_noisy(pixels)
+        if self.stretch:
+            pixels = robust_stretch(pixels)
         x = pixels.expand(-1, self.channels, -1, -1)
         return (x - self.mean) / self.std
 
@@ -188,4 +195,5 @@ def build_tower(cfg: VisionConfig) -> VisionTower:
     else:
         raise TowerError(f"unknown vision tower kind {cfg.kind!r}")
     tower.requires_grad_(False)
+    tower.stretch, tower.denoise = cfg.stretch, cfg.denoise
     return tower

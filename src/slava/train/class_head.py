@@ -38,6 +38,10 @@ class HeadConfig:
     AMD EPYC, AVX2, 2 cores, 2026-12-01 (``bench/bench_class_head.py``): 0.975 multi-depth, 0.937 pooled."""
     c: float = 1.0
     """Inverse L2 strength of the logistic regression."""
+    augment: int = 0
+    """Degraded copies of each training image (``slava.train.augment.degrade``, the copies training
+    itself would see) the head is fitted on besides the clean one: what keeps it standing when a
+    real instrument's noise, focus or contrast differ from the training set's (``bench/bench_robustness.py``)."""
     tags: bool = False
     """Fit the head before the first stage and put its top class into every image prompt as a tag line
     ("Looks like: particles", ``slava.data.chat.user_turn``), in training and at inference alike, as

@@ -230,6 +230,7 @@ def validate_recipe(recipe: Recipe) -> None:
             raise ConfigError(f"stages[{i}].freeze: unknown group(s) {sorted(unknown)}; known: {', '.join(PARAM_GROUPS)}")
         if not stage.lr:
             raise ConfigError(f"stages[{i}].lr: give a learning rate per parameter group (or `default`)")
+    _at_least(recipe.head.augment, 0, "head.augment")
     if recipe.augment.variants < 1:
         raise ConfigError("augment.variants: must be at least 1 (the clean image)")
     if not 0 <= recipe.augment.probability <= 1:

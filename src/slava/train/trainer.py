@@ -536,23 +536,25 @@ class Trainer:
 
     @torch.no_grad()
     def _head_features(self, model, images: list[str], kind: str,
-                       memo: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The head's features of clean images: the cached tower output where training kept it, else one tower forward.
+                       memo: dict[tuple[str, int], torch.Tensor] | None = None, variant: int = 0) -> torch.Tensor:
+        """The head's features of one copy of each image (0: the clean one, ``_view``): the cached tower
+        output where training kept it, else one tower forward.
 
-        ``memo`` (image → feature) keeps what was computed for a later call with the same frozen tower.
+        ``memo`` ((image, copy) → feature) keeps what was computed for a later call with the same frozen tower.
         """
         from slava.model.class_head import head_features, pooled_tokens
 
-        if kind == "pooled" and all((im, 0) in self.features for im in images):
-            return torch.stack([pooled_tokens(self.features[(im, 0)][None])[0] for im in images])
+        keys = [(im, variant) for im in images]
+        if kind == "pooled" and all(k in self.features for k in keys):
+            return torch.stack([pooled_tokens(self.features[k][None])[0] for k in keys])
         memo = {} if memo is None else memo
-        todo = [im for im in dict.fromkeys(images) if im not in memo]
+        todo = [k for k in dict.fromkeys(keys) if k not in memo]
         for i in range(0, len(todo), 32):
             chunk = todo[i : i + 32]
-            pixels = torch.stack([self.images.get(im) for im in chunk]).to(self.info.device)
+            pixels = torch.stack([self._view(*k) for k in chunk]).to(self.info.device)
             with self.precision.autocast(self.info.device.type):
                 memo.update(zip(chunk, head_features(model, pixels, kind).float().cpu().unbind(0)))
-        return torch.stack([memo[im] for im in images])
+        return torch.stack([memo[k] for k in keys])
 
     def _fitted_head(self, model, memo: dict[str, torch.Tensor] | None = None):
         """(classification head, its summary) fitted on the training images (``slava.train.class_head``), or (None, None).
@@ -568,10 +570,11 @@ class Trainer:
             return None, None
         model.eval()
         start = time.perf_counter()
-        head = fit_head(self._head_features(model, list(train), cfg.features, memo), list(train.values()), cfg,
-                        self.recipe.seed)
+        copies = range(cfg.augment + 1)
+        feats = torch.cat([self._head_features(model, list(train), cfg.features, memo, v) for v in copies])
+        head = fit_head(feats, list(train.values()) * len(copies), cfg, self.recipe.seed)
         out = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
-               "train_images": len(train)}
+               "train_images": len(train), "degraded_copies": cfg.augment}
         val = {im: c for im, c in self._classed_images(self.val_records).items() if c in head.labels}
         if val:
             f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features, memo), list(val.values()))
@@ -586,7 +589,7 @@ class Trainer:
         from slava.model.class_head import image_tags
 
         # The tower is frozen throughout (validate_recipe), so each image's features are computed once here.
-        memo: dict[str, torch.Tensor] = {}
+        memo: dict[tuple[str, int], torch.Tensor] = {}
         self.head, self.head_summary = self._fitted_head(model, memo)
         if self.head is None:
             raise SlavaError("head.tags needs a classification head: enable it, with records naming at least two "
