@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -41,7 +40,7 @@ from slava.model.projector import Projector
 from slava.model.quant import quantize_from_config
 from slava.model.scoring import score_continuations
 from slava.model.tokenizer import SlavaTokenizer
-from slava.model.towers import VisionTower, build_tower
+from slava.model.towers import VisionTower, build_tower, multi_depth_embedding
 
 FORMAT = 1
 
@@ -74,12 +73,6 @@ class VLMOutput:
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def _pooled(out) -> torch.Tensor:
-    """Mean over the spatial or token axes of a tower block's output ([B,C,H,W], [B,N,D] or a tuple)."""
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float().mean(dim=1)
 
 
 class SlavaModel(nn.Module):
@@ -127,23 +120,8 @@ class SlavaModel(nn.Module):
 
     @torch.no_grad()
     def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Few-shot embedding [B, D]: mean-pooled features of several tower depths, each unit-length, concatenated.
-
-        Micrograph classes differ as much in texture, which mid-depth features
-        carry, as in the shapes the top of an ImageNet tower encodes; on NEU-DET's
-        val split 5-shot prototypes went from 0.87 (top only) to 0.92 with these
-        depths (a third, two thirds, and three blocks below the top).
-        """
-        blocks = self.tower.blocks
-        picks = sorted({len(blocks) // 3, 2 * len(blocks) // 3, len(blocks) - 3})
-        levels: list[torch.Tensor] = []
-        hooks = [blocks[i].register_forward_hook(lambda _m, _i, out: levels.append(_pooled(out))) for i in picks]
-        try:
-            top = self._tower_tokens(pixels).float().mean(dim=1)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return torch.cat([F.normalize(f, dim=-1) for f in (*levels, top)], dim=-1)
+        """Few-shot embedding [B, D] of the tower (``slava.model.towers.multi_depth_embedding``)."""
+        return multi_depth_embedding(self.tower, pixels)
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with the `<image>` positions of row b replaced by `image_embeds[b]` in order."""
