@@ -26,7 +26,7 @@ def lab_folder(tmp_path_factory):
 
 def test_adapt_writes_a_new_run_that_classifies_the_labs_classes(tiny_run, lab_folder, tmp_path):
     before = sorted(p.name for p in tiny_run.iterdir())
-    result = adapt(tiny_run, lab_folder, tmp_path / "adapted", augment=2, log=lambda *_: None)
+    result = adapt(tiny_run, lab_folder, tmp_path / "adapted", augment=2, log=lambda *_: None, progress=False)
     out = tmp_path / "adapted"
     assert sorted(p.name for p in tiny_run.iterdir()) == before  # the old run is untouched
     assert result["labels"] == sorted(NEW_CLASSES) and result["degraded_copies"] == 2
@@ -51,12 +51,12 @@ def test_adapt_refuses_what_it_cannot_use(tiny_run, lab_folder, tmp_path):
     one = tmp_path / "one"
     shutil.copytree(lab_folder / "tips", one / "tips")
     with pytest.raises(AdaptError, match="at least two class folders"):
-        adapt(tiny_run, one, tmp_path / "a", log=lambda *_: None)
+        adapt(tiny_run, one, tmp_path / "a", log=lambda *_: None, progress=False)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
     with pytest.raises(AdaptError, match="not empty"):
-        adapt(tiny_run, lab_folder, busy, log=lambda *_: None)
+        adapt(tiny_run, lab_folder, busy, log=lambda *_: None, progress=False)
     assert (busy / "keep.txt").read_text() == "mine"
     with pytest.raises(AdaptError, match="not a trained run"):
-        adapt(tmp_path, lab_folder, tmp_path / "b", log=lambda *_: None)
+        adapt(tmp_path, lab_folder, tmp_path / "b", log=lambda *_: None, progress=False)

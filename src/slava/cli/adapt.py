@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="new run directory (must be new or empty)")
     p.add_argument("--augment", type=int, default=3, help="degraded copies of each training image (default 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -29,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.augment < 0:
         raise AdaptError("--augment must be at least 0")
-    result = adapt(args.run or default_run(), args.images, args.out, augment=args.augment, seed=args.seed)
+    result = adapt(args.run or default_run(), args.images, args.out, augment=args.augment, seed=args.seed,
+                   progress=not args.no_progress)
     held = result["held_out"]
     scores = ", ".join(f"{s} macro-F1 {v['macro_f1']:.3f} on {v['images']} images" for s, v in held.items())
     print(f"adapted {result['from_run']} to {len(result['labels'])} classes ({', '.join(result['labels'])}) "

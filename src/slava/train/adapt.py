@@ -35,8 +35,10 @@ class AdaptError(SlavaError):
     """A folder or run that cannot be adapted to (too few classes, no training images, an --out in use)."""
 
 
-def _features(model, images: list[str], copies: int, seed: int, batch: int = 32) -> list[torch.Tensor]:
+def _features(model, images: list[str], copies: int, seed: int, progress: bool, batch: int = 32) -> list[torch.Tensor]:
     """Head features of each image's clean copy, then of each degraded copy: ``copies + 1`` tensors [N, D]."""
+    from tqdm import tqdm
+
     from slava.io import load_micrograph
     from slava.model.class_head import head_features
     from slava.model.pixels import to_model_pixels
@@ -44,20 +46,25 @@ def _features(model, images: list[str], copies: int, seed: int, batch: int = 32)
 
     clean = [to_model_pixels(load_micrograph(p).pixels, model.image_size) for p in images]
     out = []
+    bar = tqdm(total=len(images) * (copies + 1), unit="img", desc="head features", disable=not progress,
+               dynamic_ncols=True)
     for v in range(copies + 1):
         views = clean if v == 0 else [degrade(px, variant_seed(seed, p, v)) for px, p in zip(clean, images)]
-        with torch.no_grad():
-            out.append(torch.cat([head_features(model, torch.stack(views[i : i + batch]), "multi_depth").float()
-                                  for i in range(0, len(views), batch)]))
+        chunks = []
+        for i in range(0, len(views), batch):
+            with torch.no_grad():
+                chunks.append(head_features(model, torch.stack(views[i : i + batch]), "multi_depth").float())
+            bar.update(len(chunks[-1]))
+        out.append(torch.cat(chunks))
+    bar.close()
     return out
 
 
-def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3, c: float = 1.0, seed: int = 0,
-          log: Callable[[str], None] = print) -> dict:
+def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3, seed: int = 0,
+          log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Write a run at ``out``: ``run`` with a head fitted on the labelled folder ``images``; returns its summary.
 
-    ``augment`` degraded copies of each training image join the clean one;
-    ``c`` is the logistic regression's inverse L2 strength.
+    ``augment`` degraded copies of each training image join the clean one.
     """
     from slava.data.manifest import read_manifest
     from slava.data.records import read_records
@@ -93,17 +100,17 @@ def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3
     model = SlavaModel.load(run).eval()
     train = by_split["train"]
     log(f"adapt: head on {len(train)} training images and {augment} degraded copies of each")
-    feats = _features(model, list(train), augment, seed)
+    feats = _features(model, list(train), augment, seed, progress)
     old = run / HEAD_FILE
     tags = load_head(old).tags if old.is_file() else False
-    head = fit_head(torch.cat(feats), list(train.values()) * (augment + 1), HeadConfig(c=c, augment=augment, tags=tags),
+    head = fit_head(torch.cat(feats), list(train.values()) * (augment + 1), HeadConfig(augment=augment, tags=tags),
                     seed)
     save_head(head, out / HEAD_FILE)
     scores = {}
     for split in ("val", "test"):
         held = {p: c for p, c in by_split[split].items() if c in head.labels}
         if held:
-            f1 = head_macro_f1(head, _features(model, list(held), 0, seed)[0], list(held.values()))
+            f1 = head_macro_f1(head, _features(model, list(held), 0, seed, progress)[0], list(held.values()))
             scores[split] = {"images": len(held), "macro_f1": round(f1, 4)}
 
     summary = json.loads((run / SUMMARY_FILE).read_text()) if (run / SUMMARY_FILE).is_file() else {}
