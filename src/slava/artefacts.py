@@ -9,8 +9,9 @@ from barely visible to the worst an operator would still save. Training draws
 strengths at random (``slava.train.augment``); evaluation applies one artefact
 at a fixed severity (``shifted``) to any image, synthetic or real.
 
-Only ``rescale`` changes the geometry, and it returns the pixel size that goes
-with the new image, so counts and sizes in nm stay what they were.
+``magnification`` shows another field (its counts are not the original's);
+``rescale`` changes only the sampling and returns the pixel size that goes with
+the new image, so counts and sizes in nm stay what they were.
 """
 
 from __future__ import annotations
