@@ -8,6 +8,7 @@ from torch import nn
 from transformers import GPT2Config
 
 from slava.data.chat import role_markers
+from slava.data.repetition import loop_start
 from slava.eval.metrics import has_loop, hygiene, marker_count
 from slava.model.generate import GenerationConfig, StopStrings, generate, loop_bans
 
@@ -102,6 +103,29 @@ def test_a_marker_that_is_one_token_is_banned_outright():
 def test_end_of_turn_stops_and_is_not_returned():
     lm = ScriptedLM({1: 2, 2: 0}, first=1)
     assert _generate(lm, GenerationConfig(max_new_tokens=10)) == [1, 2]
+
+
+def test_loop_start_finds_a_word_ngram_repeated_however_it_is_written():
+    assert loop_start("a b c d a b c d") is None  # a second time is allowed
+    text = "Rounded, rounded-off, rounded, rounded-off, ROUNDED, rounded-off, sharp"
+    assert loop_start(text) == text.index("ROUNDED")
+    assert loop_start("metal metal metal metal metal metal") == len("metal metal ")
+    assert loop_start(text, times=4) is None
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_a_word_loop_the_token_guard_misses_ends_the_answer_before_it(strategy):
+    # Six different tokens that all read "tip,": no token 4-gram repeats within 10 tokens, the words do at once.
+    pieces = {1: " tip,", 2: " Tip,", 3: " TIP,", 4: " tip ,", 5: " Tip ,", 6: " TIP ,", 11: "."}
+    read = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+    lm = ScriptedLM({1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 1}, first=1)
+    config = GenerationConfig(max_new_tokens=10, strategy=strategy, num_beams=2)
+    free = _generate(lm, config)
+    assert len(free) == 10 and _ngram_counts(free) <= 2 and has_loop(read(free))
+    out = _generate(lm, config, decode=read)
+    assert read(out) == " tip, Tip," and not has_loop(read(out))
+    off = _generate(lm, GenerationConfig(max_new_tokens=10, strategy=strategy, num_beams=2, loop_ngram=0), decode=read)
+    assert off == free
 
 
 def test_stop_strings_cut_where_the_marker_starts_inside_a_token():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from slava.cli.ask import add_page_arg, read_image
+from slava.measure.particles import PARTICLE_METHODS
 
 
 def register(subparsers) -> None:
@@ -13,6 +14,9 @@ def register(subparsers) -> None:
                               "(px when the image carries no calibration and --pixel-size is not given).")
     p.add_argument("image", help="image file (TIFF, PNG, JPEG)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size in nm (overrides metadata)")
+    p.add_argument("--particles", choices=PARTICLE_METHODS, default="auto", dest="particle_method",
+                   help="how particles are found: auto (default); threshold (bright phase, split at necks); "
+                   "contrast (local contrast: particles on a support, as in HAADF-STEM of catalysts)")
     p.add_argument("--json", action="store_true", help="print the full measurements as JSON")
     p.add_argument("--overlay", metavar="PNG", help="write a PNG of what was counted, the data-bar box and the scale bar")
     add_page_arg(p)
@@ -37,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     micrograph = read_image(args, args.image, args.pixel_size)
     read_instrument(micrograph)
-    m = measure(micrograph)
+    m = measure(micrograph, particle_method=args.particle_method)
     if args.overlay:
-        Path(args.overlay).write_bytes(render_overlay(micrograph))
+        Path(args.overlay).write_bytes(render_overlay(micrograph, args.particle_method))
     if args.json:
         print(json.dumps({"path": args.image, **m.to_dict()}))
         return 0

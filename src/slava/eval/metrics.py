@@ -17,16 +17,15 @@ Classification: ``topk_accuracy`` from ranked labels, ``macro_f1`` and
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Sequence
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*|[^\sa-z0-9]")
+from slava.data.repetition import LOOP_NGRAM, LOOP_TIMES, WORD, loop_start
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased words, numbers (``12.5`` kept whole) and single punctuation marks."""
-    return _TOKEN.findall(text.lower())
+    return WORD.findall(text.lower())
 
 
 def _check_pairs(hyps: Sequence, refs: Sequence) -> None:
@@ -78,11 +77,9 @@ def text_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     }
 
 
-def has_loop(text: str, n: int = 4, times: int = 3) -> bool:
+def has_loop(text: str, n: int = LOOP_NGRAM, times: int = LOOP_TIMES) -> bool:
     """Whether some word n-gram of ``text`` (``tokenize``) appears ``times`` times or more: the answer loops."""
-    words = tokenize(text)
-    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    return any(c >= times for c in counts.values())
+    return loop_start(text, n, times) is not None
 
 
 def marker_count(text: str, markers: Sequence[str]) -> int:

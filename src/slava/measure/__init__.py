@@ -26,7 +26,7 @@ import numpy as np
 from slava.errors import SlavaError
 from slava.io.micrograph import Micrograph
 from slava.measure.fibres import measure_fibres
-from slava.measure.particles import measure_particles
+from slava.measure.particles import PARTICLE_METHODS, measure_particles
 from slava.measure.periodicity import measure_periodicity
 from slava.measure.pores import measure_pores
 from slava.measure.prepare import prepare
@@ -36,14 +36,15 @@ from slava.measure.texture import measure_texture
 KINDS = ("particles", "fibres", "pores", "texture", "periodicity")
 """Every measurement ``measure`` knows, in the order it runs them."""
 
-__all__ = ["KINDS", "Measurements", "MeasureError", "measure"]
+__all__ = ["KINDS", "PARTICLE_METHODS", "Measurements", "MeasureError", "measure"]
 
 
 class MeasureError(SlavaError):
     """A measurement was asked for something it cannot do (unknown kind, empty image)."""
 
 
-def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[str] = KINDS) -> Measurements:
+def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[str] = KINDS,
+            particle_method: str = "auto") -> Measurements:
     """Measure particles, fibres, pores, texture and periodicity of one micrograph.
 
     ``micrograph`` is a ``Micrograph`` (data bar already cropped) or a raw
@@ -52,7 +53,12 @@ def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[s
     filled; the rest stay None. Every kind answers on any image — whether
     the answer means anything (particles in a fibre mat) is for the caller
     to judge from the class; ``notes`` flags the obvious mismatches.
+    ``particle_method`` says how particles are found
+    (``slava.measure.particles.PARTICLE_METHODS``): "contrast" for particles
+    on a support, as in HAADF-STEM of catalysts.
     """
+    if particle_method not in PARTICLE_METHODS:
+        raise MeasureError(f"unknown particle method {particle_method!r}; choose from {', '.join(PARTICLE_METHODS)}")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise MeasureError(f"unknown measurement kind(s) {unknown}; known: {list(KINDS)}")
@@ -82,7 +88,7 @@ def measure(micrograph: Micrograph | np.ndarray, kinds: tuple[str, ...] | list[s
         notes.append("a data band inside the frame is masked; particles touching it are left out like edge-cut ones")
         prep.invalid = _analysis_mask(~micrograph.valid, prep.flat.shape)
     if "particles" in kinds:
-        result.particles = measure_particles(prep, size, notes)
+        result.particles = measure_particles(prep, size, notes, particle_method)
     if "fibres" in kinds:
         result.fibres = measure_fibres(prep, size, notes)
     if "pores" in kinds:

@@ -35,10 +35,10 @@ def _full_image(m: Micrograph) -> np.ndarray:
     return full
 
 
-def particle_outlines(m: Micrograph) -> tuple[np.ndarray, np.ndarray]:
-    """(counted, edge-cut) outline masks of the particles, in micrograph pixels."""
+def particle_outlines(m: Micrograph, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(counted, edge-cut) outline masks of the particles found by ``method``, in micrograph pixels."""
     prep = prepare(m.pixels)
-    labels, n = segment_particles(prep)
+    labels, n, _ = segment_particles(prep, method)
     if prep.scale > 1:
         labels = np.kron(labels, np.ones((int(prep.scale), int(prep.scale)), labels.dtype))
     labels = np.pad(labels, ((0, max(0, m.height - labels.shape[0])), (0, max(0, m.width - labels.shape[1]))))
@@ -54,13 +54,13 @@ def particle_outlines(m: Micrograph) -> tuple[np.ndarray, np.ndarray]:
     return outline & ~edge[labels], outline & edge[labels]
 
 
-def render_overlay(m: Micrograph) -> bytes:
-    """The overlay as PNG bytes."""
+def render_overlay(m: Micrograph, particle_method: str = "auto") -> bytes:
+    """The overlay as PNG bytes, the particles found by ``particle_method`` outlined."""
     from PIL import Image, ImageDraw
 
     grey = (_full_image(m) * 255).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    counted, cut = particle_outlines(m)
+    counted, cut = particle_outlines(m, particle_method)
     x, y = m.origin
     region = rgb[y : y + m.height, x : x + m.width]
     region[cut] = EDGE_CUT

@@ -1,11 +1,16 @@
-"""Particles: bright blobs on a darker substrate, counted and sized.
+"""Particles: blobs that stand out from a substrate or a support, counted and sized.
 
-Particles are the bright phase split by a watershed of its distance
-transform. The seeds come from the tool that is reliable at each clump's
+On a plain substrate, particles are the bright phase split by a watershed
+of its distance transform. The seeds come from the tool that is reliable at each clump's
 scale: distance-transform peaks for particles much wider than the
 denoising blur (any convex-ish shape, angular powder grains included),
 scale-space maxima of the Laplacian of Gaussian (LoG) for small particles
 in heavy noise, where the blur has filled the necks between them.
+
+Particles on a support (catalysts in HAADF-STEM or bright-field TEM) are
+found by their local contrast instead (``slava.measure.blobs``): there the
+threshold takes each support grain whole, or, for dark particles, the
+vacuum around it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from scipy.spatial import cKDTree
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
+from slava.measure.blobs import blob_labels, find_blobs
 from slava.measure.prepare import Prepared, border_labels, equivalent_diameters, summary
 from slava.measure.record import ParticleStats
 
@@ -26,6 +32,12 @@ NECK_RADIUS_IN_BLURS = 6.0
 """Inscribed radius, in denoising-blur sigmas, below which the blur may have filled a clump's necks."""
 CONVEX_SOLIDITY = 0.95
 """A watershed region less convex than this (area / convex-hull area) may be several particles."""
+SUPPORT_BLOBS = 5
+"""Fewest dark local-contrast blobs that make a field of dark particles: one or two may be specks or rim corners."""
+FILM_COVERAGE = 0.6
+"""A bright phase covering more of the field than this is a film, a support or the vacuum, not particles."""
+PARTICLE_METHODS = ("auto", "threshold", "contrast")
+"""How particles are found: see ``segment_particles``."""
 
 
 def blob_centres(flat: np.ndarray, mask: np.ndarray, radii: tuple[float, float], noise: float) -> np.ndarray:
@@ -114,8 +126,32 @@ def blob_centres(flat: np.ndarray, mask: np.ndarray, radii: tuple[float, float],
     return peaks[keep]
 
 
-def segment_particles(prep: Prepared) -> tuple[np.ndarray, int]:
-    """Label image of particles (analysis pixels), touching particles split by watershed.
+def segment_particles(prep: Prepared, method: str = "auto") -> tuple[np.ndarray, int, str]:
+    """Label image of particles (analysis pixels), their number, and the method that found them.
+
+    ``method`` is one of ``PARTICLE_METHODS``. "threshold" splits the bright
+    phase; "contrast" takes the blobs of ``slava.measure.blobs`` (particles
+    on a support, as in HAADF-STEM of catalysts); "auto" takes the blobs
+    when at least ``SUPPORT_BLOBS`` of them are dark and the bright phase
+    covers over ``FILM_COVERAGE`` of the field (bright-field TEM: the bright
+    phase is the vacuum or the film around them), and the bright phase
+    otherwise. Bright particles on a bright support are not told apart from
+    edge-bright SEM particles automatically: ask for "contrast". The method
+    returned is "threshold" or "contrast".
+    """
+    if method not in PARTICLE_METHODS:
+        raise ValueError(f"unknown particle method {method!r}; choose from {', '.join(PARTICLE_METHODS)}")
+    # Only a field the bright phase mostly covers can hold dark particles: the others skip the blob search.
+    if method == "threshold" or (method == "auto" and prep.clean.mean() <= FILM_COVERAGE):
+        return (*_split_bright_phase(prep), "threshold")
+    blobs = find_blobs(prep.flat, prep.noise)
+    if method == "contrast" or (blobs.polarity < 0 and len(blobs.radii) >= SUPPORT_BLOBS):
+        return (*blob_labels(prep.flat, blobs), "contrast")
+    return (*_split_bright_phase(prep), "threshold")
+
+
+def _split_bright_phase(prep: Prepared) -> tuple[np.ndarray, int]:
+    """Label image of the bright phase's particles (analysis pixels), touching particles split by watershed.
 
     A first watershed of the distance transform, seeded at its peaks, cuts
     clumps at their necks; a particle of any convex shape, an angular grain
@@ -310,14 +346,17 @@ def _distance_peaks(distance: np.ndarray, labels: np.ndarray, radius: float) -> 
     return peaks[keep]
 
 
-def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[str]) -> ParticleStats:
-    """Count and size the particles entirely inside the field.
+def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[str],
+                      method: str = "auto") -> ParticleStats:
+    """Count and size the particles entirely inside the field, found by ``method`` (see ``segment_particles``).
 
     Particles cut by the image edge have unknown size and are left out of
     ``count`` and the sizes (as in the synthetic ground truth);
     ``border_count`` says how many there are.
     """
-    labels, n = segment_particles(prep)
+    labels, n, found_by = segment_particles(prep, method)
+    if found_by == "contrast" and method == "auto":
+        notes.append("particles: dark particles on a bright field (bright-field TEM?): found by their local contrast")
     edge = border_labels(labels)
     if prep.invalid is not None:
         # The masked band cuts particles as the image edge does.
@@ -335,7 +374,7 @@ def measure_particles(prep: Prepared, pixel_size_nm: float | None, notes: list[s
         notes.append("particles: every object touches the image edge; none counted or sized")
     elif len(edge) > 0.5 * n:
         notes.append(f"particles: {len(edge)} of {n} objects touch the image edge and are not counted")
-    if coverage > 0.6:
+    if coverage > FILM_COVERAGE:
         notes.append(f"particles: the bright phase covers {coverage:.0%}; this may be a film, not particles")
     if len(sizes_px) >= 3 and float(np.median(sizes_px)) < 4.0:
         notes.append(f"particles: unreliable: median diameter {float(np.median(sizes_px)):.1f} px is under 4 px; "

@@ -11,7 +11,9 @@ Hygiene holds for every strategy: decoding stops at the end-of-turn token,
 at ``max_new_tokens``, and where a stop string (a role marker such as
 ``ASSISTANT:``) begins, which is cut off; and no token n-gram
 (``GenerationConfig.loop_ngram``) appears a third time: the token that would
-complete it is banned at that step.
+complete it is banned at that step. Tokens split the same words in many
+ways ("metal," and "metal" + ","), so a row whose text repeats a word
+n-gram a third time (``slava.data.repetition``) also ends, before it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slava.data.repetition import loop_start
 from slava.model.fast_llama import Session, decoder_for
 
 STRATEGIES = ("greedy", "beam", "top_p")
@@ -47,7 +50,8 @@ class GenerationConfig:
     seed: int | None = None
     """Seed of top-p sampling, for repeatable output; None draws from torch's global generator."""
     loop_ngram: int = 4
-    """Loop guard: no token n-gram of this length appears a third time in an answer (0 turns it off)."""
+    """Loop guard: no token n-gram of this length appears a third time in an answer, and an answer ends
+    before a word n-gram of this length would (0 turns both off)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -225,18 +229,25 @@ def _ban_loops(logits: torch.Tensor, rows: Sequence[Sequence[int]], n: int) -> t
 
 
 class StopStrings:
-    """Where decoded text reaches a stop string: the row ends there and the string is cut off."""
+    """Where decoded text reaches a stop string or starts to loop: the row ends there and the rest is cut off.
 
-    def __init__(self, strings: Sequence[str], decode: Callable[[list[int]], str] | None):
+    ``loops`` (the word n-gram length, 0 for off) also ends a row where a word
+    n-gram of its text appears a third time (``slava.data.repetition``).
+    """
+
+    def __init__(self, strings: Sequence[str], decode: Callable[[list[int]], str] | None, loops: int = 0):
         self.strings = [s for s in strings if s]
-        self.decode = decode if self.strings else None
+        self.loops = loops
+        self.decode = decode if self.strings or loops else None
 
     def cut(self, tokens: list[int]) -> list[int] | None:
-        """``tokens`` shortened to end before the first stop string in their text, or None when there is none."""
+        """``tokens`` shortened to end before the first stop string or loop in their text, or None when there is none."""
         if self.decode is None or not tokens:
             return None
         text = self.decode(tokens)
         found = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        if self.loops and (start := loop_start(text, self.loops)) is not None:
+            found.append(start)
         if not found:
             return None
         start = min(found)
@@ -285,13 +296,15 @@ def generate(
     and top-p); True ends every row where it stands (the caller left).
     ``stop_strings`` (role markers), found in the text ``decode`` gives a row,
     end that row before them; the tokens returned stop short of the marker.
+    So does a word n-gram of ``config.loop_ngram`` words appearing a third
+    time in that text.
     """
     if embeds.shape[0] == 0:
         return []
     if mask is None:
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     banned = list(banned_ids)
-    stops = StopStrings(stop_strings, decode)
+    stops = StopStrings(stop_strings, decode, config.loop_ngram)
     with evaluating(lm):
         if config.strategy == "beam":
             # One search per prompt, on its real tokens only; a marker is cut from the winner.
