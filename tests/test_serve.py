@@ -316,6 +316,26 @@ def test_classify_and_measure(server, images, tiny_run):
     assert m["unit"] == "nm" and m["pixel_size_nm"] == 2.0 and m["particles"]["count"] > 0
 
 
+def test_measure_takes_the_particle_method_and_refuses_an_unknown_one(server, images):
+    from slava.io import load_micrograph_bytes
+    from slava.measure import measure
+
+    image = images["particles"]
+    counts = {}
+    for method in ("auto", "contrast", "threshold"):
+        r = httpx.post(f"{server}/v1/measure", headers=auth(), json={"image": data_url(image), "particle_method": method})
+        assert r.status_code == 200, r.text
+        counts[method] = r.json()["measurements"]["particles"]["count"]
+        # The server measures what the library measures with that method.
+        assert counts[method] == measure(load_micrograph_bytes(image, "a.png"), particle_method=method).particles.count
+    assert counts["contrast"] != counts["threshold"]
+    r = httpx.post(f"{server}/v1/overlay", headers=auth(), json={"image": data_url(image), "particle_method": "contrast"})
+    assert r.status_code == 200, r.text
+    for route in ("measure", "overlay"):
+        r = httpx.post(f"{server}/v1/{route}", headers=auth(), json={"image": data_url(image), "particle_method": "magic"})
+        assert r.status_code == 400 and "particle_method" in r.text
+
+
 def test_200_concurrent_requests_stay_with_their_own_image(server, images):
     urls = {name: data_url(data) for name, data in images.items()}
 

@@ -45,7 +45,7 @@ def browser():
 def test_upload_preview_classify_measure_and_chat(server, browser, tiny_run, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     image = tmp_path / "particles-sem.png"
     image.write_bytes(synthetic_png("particles", 11, size=384))
@@ -72,6 +72,10 @@ def test_upload_preview_classify_measure_and_chat(server, browser, tiny_run, tmp
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ranking li .pct")) == 3)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#measurements tr")) >= 3)
     assert "particles" in browser.find_element(By.ID, "measurements").text
+    # Choosing how particles are found measures and draws again, without an error.
+    Select(browser.find_element(By.ID, "particle-method")).select_by_value("contrast")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#measurements tr")) >= 3)
+    assert browser.find_element(By.ID, "measure-empty").get_attribute("hidden") is not None
 
     question = browser.find_element(By.ID, "question")
     question.send_keys("Describe this micrograph.")

@@ -382,12 +382,13 @@ class Assistant:
                 self._contexts.popitem(last=False)
         return context
 
-    def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS) -> Measurements:
-        """Classical measurements of ``image`` (nm where calibrated, else px)."""
+    def measure(self, image: ImageInput, pixel_size_nm: float | None = None, kinds: Sequence[str] = KINDS,
+                particle_method: str = "auto") -> Measurements:
+        """Classical measurements of ``image`` (nm where calibrated, else px); ``particle_method`` as in ``measure``."""
         micrograph = self.prepare(image, pixel_size_nm)
         if needs_bar(micrograph):
             read_instrument(micrograph)
-        return measure(micrograph, kinds=tuple(kinds))
+        return measure(micrograph, kinds=tuple(kinds), particle_method=particle_method)
 
     # -- classification ---------------------------------------------------------
 

@@ -30,7 +30,8 @@ from starlette.requests import ClientDisconnect
 
 from slava.errors import SlavaError
 from slava.serve.batching import ModelWorker, QueueFull
-from slava.serve.inputs import ApiError, finite, header_pixels, optional_float, read_image_request, to_micrograph
+from slava.serve.inputs import (ApiError, finite, header_pixels, optional_float, particle_method, read_image_request,
+                                to_micrograph)
 from slava.serve.limits import DEFAULT_MAX_PIXELS_IN_FLIGHT, ClientGone, PixelBudget, run_while_connected
 from slava.serve.openai_routes import ChatCall, answer_chat, router
 
@@ -198,8 +199,9 @@ def _batch_handlers(assistant) -> dict:
     def classify(calls: Sequence[tuple]) -> list:
         return list(assistant.classify_batch([image for image, _ in calls], list(calls[0][1])))
 
-    def measure(images: Sequence[Any]) -> list:
-        return [_attempt(assistant.measure, image) for image in images]
+    # Jobs batch only with the same particle method.
+    def measure(calls: Sequence[tuple]) -> list:
+        return [_attempt(assistant.measure, image, particle_method=method) for image, method in calls]
 
     return {"chat": chat, "classify": classify, "measure": measure}
 
@@ -376,9 +378,10 @@ def create_app(
     async def measure(request: Request):
         """Counts and sizes (nm where the pixel size is known) from the measurement toolkit."""
         data, name, fields = await read_image_request(request, max_upload_bytes)
+        method = particle_method(fields)
         async with budget.hold(header_pixels(data, name)):
             micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
-            result = await run_while_connected(request.receive, worker, "measure", micrograph)
+            result = await run_while_connected(request.receive, worker, "measure", (micrograph, method), key=method)
         return {"object": "measurements", "model": model_name, "pixel_size_nm": micrograph.pixel_size_nm,
                 "measurements": finite(result.to_dict())}
 
@@ -389,9 +392,10 @@ def create_app(
         from slava.measure.overlay import render_overlay
 
         data, name, fields = await read_image_request(request, max_upload_bytes)
+        method = particle_method(fields)
         micrograph = await to_micrograph(data, name, optional_float(fields, "pixel_size_nm"))
         await asyncio.to_thread(read_instrument, micrograph)
-        png = await asyncio.to_thread(render_overlay, micrograph)
+        png = await asyncio.to_thread(render_overlay, micrograph, method)
         inst = micrograph.instrument
         return {"object": "overlay", "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                 "data_bar": list(micrograph.data_bar) if micrograph.data_bar else None,

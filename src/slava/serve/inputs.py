@@ -129,6 +129,16 @@ def _name(value: Any) -> str:
     return "".join(c for c in value if c.isprintable())[:80] or "upload"
 
 
+def particle_method(fields: dict) -> str:
+    """The ``particle_method`` field (how particles are found), "auto" when absent; 400 when unknown."""
+    from slava.measure import PARTICLE_METHODS
+
+    value = fields.get("particle_method") or "auto"
+    if value not in PARTICLE_METHODS:
+        raise ApiError(400, f"particle_method must be one of {', '.join(PARTICLE_METHODS)}", param="particle_method")
+    return value
+
+
 def optional_float(fields: dict, name: str) -> float | None:
     """A positive number field, or None when absent/empty; 400 otherwise."""
     value = fields.get(name)

@@ -235,7 +235,8 @@ async function measure() {
   $("notes").replaceChildren();
   $("measure-empty").hidden = true;
   try {
-    const result = await api("/v1/measure", { image: state.image });
+    const method = $("particle-method").value;
+    const result = await api("/v1/measure", { image: state.image, particle_method: method });
     for (const [name, value] of measurementRows(result.measurements)) {
       const row = body.insertRow();
       row.insertCell().textContent = name;
@@ -246,7 +247,7 @@ async function measure() {
       li.textContent = note;
       $("notes").append(li);
     }
-    const drawn = await api("/v1/overlay", { image: state.image });
+    const drawn = await api("/v1/overlay", { image: state.image, particle_method: method });
     $("overlay").src = drawn.image;
     $("overlay").hidden = false;
     const inst = drawn.instrument;
@@ -256,6 +257,8 @@ async function measure() {
     $("measure-empty").textContent = err.message;
   }
 }
+
+$("particle-method").addEventListener("change", () => measure());
 
 // -- chat -------------------------------------------------------------------
 
