@@ -189,6 +189,18 @@ def test_crossing_fibres_are_counted_once_each():
     assert f.orientation_spread_deg > 20
 
 
+def test_kinked_wires_on_their_bases_are_one_wire_each():
+    # Tilted nanowires: each stands on a round base and bends once; none crosses another.
+    img = np.full((256, 256), 0.25, np.float32)
+    for r, c in [(60, 40), (60, 150), (180, 40), (180, 150)]:
+        img[r - 3 : r + 3, c : c + 60] = 0.8  # the lower arm
+        img[r - 50 : r + 3, c + 54 : c + 60] = 0.8  # the upper arm, at a right angle
+        img[disk((r, c), 7, shape=img.shape)] = 0.8  # the base
+    f = measure(Micrograph(pixels=_noisy(img)), kinds=("fibres",)).fibres
+    assert f.count == 4, (f.count, f.segment_count)
+    assert f.segment_count > f.count  # each bends at a junction; joining there is what was tested
+
+
 def test_pore_fraction_matches_drawn_pores():
     rng = np.random.default_rng(3)
     img = np.full((256, 256), 0.75, np.float32)

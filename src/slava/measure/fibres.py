@@ -97,20 +97,24 @@ def _neighbour_counts(skeleton: np.ndarray) -> np.ndarray:
     return counts
 
 
-def count_fibres(skeleton: np.ndarray, spur_length: float) -> tuple[int, int, np.ndarray]:
-    """Number of fibres in a skeleton: segments joined straight through junctions.
+def count_fibres(skeleton: np.ndarray, spur_length: float) -> tuple[int, int, int, np.ndarray]:
+    """Number of fibres in a skeleton: segments joined straight through junctions, and where they bend.
 
     A crossing of two fibres splits the skeleton into four segments and a
     T-junction into three; counting segments over-counts and counting
     connected skeletons under-counts a mat. Here each junction pairs up the
     segments that leave it in nearly opposite directions (one fibre passing
-    through) and the count is the number of joined chains. End segments
+    through); a junction no fibre passes straight through is one object
+    bending or branching (a kinked wire, a wire on its base), whose segments
+    are joined too. The count is the number of joined chains. End segments
     shorter than ``spur_length`` are skeletonisation spurs and are dropped.
-    Returns (fibres, segments kept, the pruned skeleton).
+    Returns (fibres, straight chains, segments kept, the pruned skeleton):
+    the straight chains are the pieces a branched blob breaks into, which
+    tell such blobs from fibres.
     """
     segments, n_seg, junctions, n_junc, ends = skeleton_segments(skeleton)
     if n_seg == 0:
-        return 0, 0, skeleton
+        return 0, 0, 0, skeleton
     lengths = np.bincount(segments.ravel(), minlength=n_seg + 1).astype(float)
     junction_ends = _segment_junction_counts(segments, n_seg, junctions)
     has_end = np.zeros(n_seg + 1, dtype=bool)
@@ -133,19 +137,23 @@ def count_fibres(skeleton: np.ndarray, spur_length: float) -> tuple[int, int, np
             i = parent[i]
         return i
 
-    for a, b in _straight_pairs(segments, junctions, n_junc, keep, max(4.0, spur_length)):
-        parent[root(a)] = root(b)
+    straight, bends = _straight_pairs(segments, junctions, n_junc, keep, max(4.0, spur_length))
     kept = np.flatnonzero(keep)
+    for a, b in straight:
+        parent[root(a)] = root(b)
+    chains = len({root(int(s)) for s in kept})
+    for a, b in bends:
+        parent[root(a)] = root(b)
     fibres = len({root(int(s)) for s in kept})
     drop = ~keep
     drop[0] = False
     pruned = skeleton & ~drop[segments]
-    return fibres, len(kept), pruned
+    return fibres, chains, len(kept), pruned
 
 
 def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, keep: np.ndarray,
-                    reach: float) -> list[tuple[int, int]]:
-    """Pairs of kept segments that pass straight through a junction.
+                    reach: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Pairs of kept segments that pass straight through a junction, and pairs that meet where none does.
 
     A segment's direction at a junction is its tangent where it leaves it:
     from its attaching pixels (those touching the junction) to the mean of
@@ -153,17 +161,19 @@ def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, ke
     instead bends the direction towards the centre of a wide junction, so
     two halves of one fibre no longer look opposite. At each junction the
     most opposite pairs are joined greedily while their cosine is below
-    ``STRAIGHT_COS``.
+    ``STRAIGHT_COS``. At a junction where no pair is that straight, no fibre
+    crosses: its segments are one object bending or branching there, and
+    are returned as the second list.
     """
     if n_junc == 0:
-        return []
+        return [], []
     n_keys = len(keep)
     junc, seg, rows, cols = _attachments(segments, junctions)
     kept = keep[seg]
     # One (junction, segment, pixel) triple per attaching pixel, however many of its neighbours are junction.
     triples = np.stack([junc[kept] * n_keys + seg[kept], rows[kept], cols[kept]], axis=1)
     if len(triples) == 0:
-        return []
+        return [], []
     pair_keys, inverse, counts = np.unique(triples[:, 0], return_inverse=True, return_counts=True)
     attach = np.stack([np.bincount(inverse, triples[:, 1]), np.bincount(inverse, triples[:, 2])], axis=1)
     attach /= counts[:, None]
@@ -193,6 +203,7 @@ def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, ke
     good = norm > 0
     j_of, s_of, vec = j_of[good], s_of[good], vec[good] / norm[good, None]
     pairs: list[tuple[int, int]] = []
+    bends: list[tuple[int, int]] = []
     bounds = np.flatnonzero(np.diff(np.r_[-1, j_of, n_junc + 1]))
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if hi - lo < 2:
@@ -209,7 +220,10 @@ def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, ke
                 continue
             used.update((a, b))
             pairs.append((a, b))
-    return pairs
+        if not used:
+            # No fibre passes through: one object bends or branches here (a kinked wire, a wire on its base).
+            bends.extend((int(s_of[lo]), int(s_of[m])) for m in range(lo + 1, hi))
+    return pairs, bends
 
 
 @lru_cache(maxsize=32)
@@ -296,7 +310,7 @@ def measure_fibres(prep: Prepared, pixel_size_nm: float | None, notes: list[str]
         notes.append("fibres: no ridges found")
         return empty
     skeleton = skeletonize(mask)
-    count, n_segments, skeleton = count_fibres(skeleton, spur_length=max(3.0, rough_width))
+    count, chains, n_segments, skeleton = count_fibres(skeleton, spur_length=max(3.0, rough_width))
     on = skeleton & (distance > 0)
     widths_a = 2.0 * distance[on] - 0.5
     widths_px = np.clip(widths_a, 1.0, None) * prep.scale
@@ -311,7 +325,8 @@ def measure_fibres(prep: Prepared, pixel_size_nm: float | None, notes: list[str]
     step = max(1, len(widths_px) // 200)
     widths_list = np.sort(widths_px)[::step]
     mean_width, _, _ = summary(widths_px * unit)
-    if count and length < 3 * float(np.mean(widths_px)) * count:
+    # Judged on the straight chains: joined where they bend, blobs would pass for long fibres.
+    if count and length < 3 * float(np.mean(widths_px)) * chains:
         notes.append("fibres: structures are short and wide; these look more like particles than fibres")
     return FibreStats(
         count=int(count),

@@ -32,8 +32,9 @@ NECK_RADIUS_IN_BLURS = 6.0
 """Inscribed radius, in denoising-blur sigmas, below which the blur may have filled a clump's necks."""
 CONVEX_SOLIDITY = 0.95
 """A watershed region less convex than this (area / convex-hull area) may be several particles."""
-SUPPORT_BLOBS = 5
-"""Fewest dark local-contrast blobs that make a field of dark particles: one or two may be specks or rim corners."""
+SUPPORT_BLOBS = 20
+"""Fewest dark local-contrast blobs that make a field of dark particles. The bright-field TEM images of
+``real-sem`` show 96 or more; a porous film shows a few round pores (10 in the Zeiss nanoporous gold)."""
 FILM_COVERAGE = 0.6
 """A bright phase covering more of the field than this is a film, a support or the vacuum, not particles."""
 PARTICLE_METHODS = ("auto", "threshold", "contrast")
