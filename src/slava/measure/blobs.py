@@ -36,8 +36,8 @@ LOCAL_CONTRAST = 0.6
 """Centre-surround contrast over the surround's grey spread that a blob must beat."""
 FIELD_CONTRAST = 4.0
 """Centre-surround contrast over its robust spread across the field that a blob must beat."""
-SURROUND = 2.0 * np.sqrt(2.0)
-"""Surround sigma in centre sigmas: three √2 scale steps, so the surround of one scale is the centre of another."""
+SURROUND_STEPS = 3
+"""The surround's sigma in √2 scale steps above the centre's (2√2 σ), so the surround of one scale is the centre of another."""
 SMALLEST_SIGMA = 1.2
 """Smallest centre sigma (px): a blob about 3.4 px across, the least a particle can be and still be told from noise."""
 LARGEST_FRACTION = 1.0 / 32.0
@@ -77,11 +77,13 @@ def find_blobs(flat: np.ndarray, noise: float) -> Blobs:
     """
     image = np.asarray(flat, dtype=np.float32)
     top = max(SMALLEST_SIGMA, LARGEST_FRACTION * max(image.shape))
-    sigmas = SMALLEST_SIGMA * np.sqrt(2.0) ** np.arange(0, 4 + int(np.floor(2.0 * np.log2(top / SMALLEST_SIGMA))))
+    steps = 1 + SURROUND_STEPS + int(np.floor(2.0 * np.log2(top / SMALLEST_SIGMA)))
+    sigmas = SMALLEST_SIGMA * np.sqrt(2.0) ** np.arange(steps)
     centre, square = _gaussian_stack(image, sigmas)
-    n = len(sigmas) - 3
-    difference = centre[:n] - centre[3:]
-    local = difference / (np.sqrt(np.maximum(square[3:] - centre[3:] ** 2, 0.0)) + SPREAD_FLOOR)
+    n = len(sigmas) - SURROUND_STEPS
+    around, around_square = centre[SURROUND_STEPS:], square[SURROUND_STEPS:]
+    difference = centre[:n] - around
+    local = difference / (np.sqrt(np.maximum(around_square - around**2, 0.0)) + SPREAD_FLOOR)
     flat_difference = difference.reshape(n, -1)
     middle = np.median(flat_difference, axis=1)
     spread = 1.4826 * np.median(np.abs(flat_difference - middle[:, None]), axis=1) + 1e-6
@@ -159,8 +161,8 @@ def _peaks(local: np.ndarray, field: np.ndarray, blurred: np.ndarray,
            sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scale-space maxima of ``local`` that pass both limits and are round, at their best scale, overlaps pruned.
 
-    ``blurred`` holds the image's Gaussian blurs at ``sigmas`` and three
-    scales beyond: its Hessian at a maximum's scale tells a round blob from
+    ``blurred`` holds the image's Gaussian blurs at ``sigmas`` and
+    ``SURROUND_STEPS`` scales beyond: its Hessian at a maximum's scale tells a round blob from
     a ridge or an edge, and its surround scale gives the grey around the
     blob. Returns (centres, radii, contrast, surround grey).
     """
@@ -177,7 +179,7 @@ def _peaks(local: np.ndarray, field: np.ndarray, blurred: np.ndarray,
     curvature = below - 2.0 * contrast + above
     shift = np.where(curvature < 0, 0.5 * (below - above) / np.where(curvature < 0, curvature, -1.0), 0.0)
     radii = np.sqrt(2.0) * sigmas[scale] * np.sqrt(2.0) ** np.clip(shift, -0.5, 0.5)
-    surround = blurred[scale + 3, rows, cols]
+    surround = blurred[scale + SURROUND_STEPS, rows, cols]
     order = np.argsort(-contrast, kind="stable")
     centres, radii, contrast, surround = found[order, 1:], radii[order], contrast[order], surround[order]
     keep = np.ones(len(centres), dtype=bool)
