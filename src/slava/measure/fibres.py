@@ -137,7 +137,7 @@ def count_fibres(skeleton: np.ndarray, spur_length: float) -> tuple[int, int, in
             i = parent[i]
         return i
 
-    straight, bends = _straight_pairs(segments, junctions, n_junc, keep, max(4.0, spur_length))
+    straight, bends = _junction_pairs(segments, junctions, n_junc, keep, max(4.0, spur_length))
     kept = np.flatnonzero(keep)
     for a, b in straight:
         parent[root(a)] = root(b)
@@ -151,7 +151,7 @@ def count_fibres(skeleton: np.ndarray, spur_length: float) -> tuple[int, int, in
     return fibres, chains, len(kept), pruned
 
 
-def _straight_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, keep: np.ndarray,
+def _junction_pairs(segments: np.ndarray, junctions: np.ndarray, n_junc: int, keep: np.ndarray,
                     reach: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Pairs of kept segments that pass straight through a junction, and pairs that meet where none does.
 
