@@ -26,6 +26,8 @@ INSIDE_LIFT = 0.2
 
 0.1–0.3 all help the synthetic powders (large rim-bright grains); 0.2 keeps
 a margin above substrate-dark pores, which never reach it there."""
+IMMERKAER_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+"""Difference of two discrete Laplacians: zero on linear ramps, 6σ·√(2/π) mean |response| on white noise σ."""
 
 
 @dataclass
@@ -196,13 +198,23 @@ def otsu(image: np.ndarray, bins: int = 256) -> float:
 
 
 def noise_level(flat: np.ndarray) -> float:
-    """Pixel noise (standard deviation) of an image, from neighbour differences (robust MAD).
+    """Pixel noise (standard deviation) of an image: the larger of two estimates that fail differently.
 
-    Structure barely affects differences of neighbouring pixels, so this
-    measures the shot noise even in a busy field.
+    The robust spread (MAD) of neighbour differences ignores structure, which
+    barely changes neighbouring pixels, so it measures shot noise even in a
+    busy field; but at a dose of a few electrons a pixel most neighbours hold
+    the same count, the median difference is 0, and it reads a very noisy
+    image as nearly clean (1 electron a pixel read 0.08 where the noise was
+    0.46). Immerkær's estimate, the mean absolute response to a mask that
+    cancels linear ramps, does not collapse on counts and stays near the
+    noise in structured fields; the maximum keeps whichever sees more.
     """
     diff = np.diff(flat[:, ::2], axis=1).ravel()
-    return 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+    mad = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+    if min(flat.shape) < 3:
+        return mad
+    laplace = ndi.convolve(np.asarray(flat, dtype=np.float32), IMMERKAER_MASK)[1:-1, 1:-1]
+    return max(mad, float(np.sqrt(np.pi / 2.0) * np.mean(np.abs(laplace)) / 6.0))
 
 
 def denoise_sigma(noise: float) -> float:
