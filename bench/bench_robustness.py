@@ -1,6 +1,7 @@
 """Classification under instrument artefacts, per recipe variant, side by side in one run.
 
     .venv/bin/python bench/bench_robustness.py [--data SYNTH] [--neu DIR] [--lung DIR] [--train-tower] [--json OUT]
+                                               [--parts synthetic,neu,lung]
 
 Every variant classifies with the run's head: logistic regression on
 EfficientNet-Lite0's multi-depth embedding at 160 px, as recipes/smol-cpu.yaml
@@ -23,6 +24,9 @@ and every image of the real sets (the share whose class names its objects,
 prototypes (support from its train split, no NEU training) on up to 20 test
 images per class, clean and under the same artefacts; fei-lung-cells
 leave-one-out 1-shot prototypes of the exposure class and of the cell group.
+Prototypes are scored on one view of each image and on the mean over its
+rotations and mirror images (" 8 views", what sLAVA's few-shot uses).
+``--parts neu,lung`` runs the few-shot parts alone.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from slava.hardware import cpu_info
 from slava.io import load_micrograph, micrograph_from_array
 from slava.model.config import VisionConfig
 from slava.model.pixels import to_model_pixels
-from slava.model.towers import build_tower, multi_depth_embedding
+from slava.model.towers import build_tower, few_shot_embedding, multi_depth_embedding
 from slava.train.augment import degrade, variant_seed
 from slava.train.class_head import HeadConfig, fit_head, head_macro_f1
 
@@ -63,8 +67,12 @@ REAL_CLASSES = {"stem-nanoparticles": {"particles", "powders"}, "nasa-superalloy
 """The synthetic classes whose name and caption describe each real set's objects."""
 
 
-def embed(tower, pixels: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([multi_depth_embedding(tower, torch.stack(pixels[i : i + 32])) for i in range(0, len(pixels), 32)])
+def embed(tower, pixels: list[torch.Tensor], embedding=multi_depth_embedding) -> torch.Tensor:
+    return torch.cat([embedding(tower, torch.stack(pixels[i : i + 32])) for i in range(0, len(pixels), 32)])
+
+
+VIEWS = {"": multi_depth_embedding, " 8 views": few_shot_embedding}
+"""Prototype embeddings compared: one view, and the mean over rotations and mirror images that sLAVA uses."""
 
 
 def shifted_sets(images: list[np.ndarray], seed: int) -> dict[str, list[np.ndarray]]:
@@ -161,14 +169,15 @@ def neu(folder: Path, variants: dict, per_class: int, shots: int = 5) -> dict:
         if v["augment"]:
             continue  # prototypes have no head to augment
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
-        emb = {c: embed(tower, [to_model_pixels(load_micrograph(it.image, read_bar=False).pixels, SIZE) for it in s])
-               for c, s in support.items()}
-        labels, protos, centre = prototypes(emb)
-        out[name] = {}
-        for key, images in sets.items():
-            probs = prototype_probs(embed(tower, [to_model_pixels(x, SIZE) for x in images]), protos, centre)
-            pred = [labels[k] for k in probs.argmax(dim=1).tolist()]
-            out[name][key] = float(np.mean([p == t for p, t in zip(pred, truth)]))
+        support_pixels = {c: [to_model_pixels(load_micrograph(it.image, read_bar=False).pixels, SIZE) for it in s]
+                          for c, s in support.items()}
+        for suffix, embedding in VIEWS.items():
+            labels, protos, centre = prototypes({c: embed(tower, p, embedding) for c, p in support_pixels.items()})
+            out[name + suffix] = {}
+            for key, images in sets.items():
+                probs = prototype_probs(embed(tower, [to_model_pixels(x, SIZE) for x in images], embedding), protos, centre)
+                pred = [labels[k] for k in probs.argmax(dim=1).tolist()]
+                out[name + suffix][key] = float(np.mean([p == t for p, t in zip(pred, truth)]))
     return out
 
 
@@ -179,19 +188,21 @@ def lung_cells(folder: Path, variants: dict) -> dict:
         if v["augment"]:
             continue
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
-        emb = embed(tower, [to_model_pixels(load_micrograph(folder / r["image"], read_bar=False).pixels, SIZE) for r in rows])
-        out[name] = {}
-        for key in ("class", "group"):
-            hits = []
-            for i, r in enumerate(rows):
-                # Leave-one-out: one support image per class, none of them the query.
-                support: dict[str, torch.Tensor] = {}
-                for j, s in enumerate(rows):
-                    if j != i and s[key] not in support:
-                        support[s[key]] = emb[j : j + 1]
-                labels, protos, centre = prototypes(support)
-                hits.append(labels[int(prototype_probs(emb[i : i + 1], protos, centre).argmax())] == r[key])
-            out[name][key] = float(np.mean(hits))
+        pixels = [to_model_pixels(load_micrograph(folder / r["image"], read_bar=False).pixels, SIZE) for r in rows]
+        for suffix, embedding in VIEWS.items():
+            emb = embed(tower, pixels, embedding)
+            out[name + suffix] = {}
+            for key in ("class", "group"):
+                hits = []
+                for i, r in enumerate(rows):
+                    # Leave-one-out: one support image per class, none of them the query.
+                    support: dict[str, torch.Tensor] = {}
+                    for j, s in enumerate(rows):
+                        if j != i and s[key] not in support:
+                            support[s[key]] = emb[j : j + 1]
+                    labels, protos, centre = prototypes(support)
+                    hits.append(labels[int(prototype_probs(emb[i : i + 1], protos, centre).argmax())] == r[key])
+                out[name + suffix][key] = float(np.mean(hits))
     return out
 
 
@@ -218,35 +229,40 @@ def main() -> None:
     parser.add_argument("--train-tower", action="store_true", help="also the variant whose tower learns")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="synthetic,neu,lung", help="which parts to run (comma-separated)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - {"synthetic", "neu", "lung"}:
+        parser.error(f"unknown parts {sorted(parts - {'synthetic', 'neu', 'lung'})}; known: synthetic, neu, lung")
     torch.manual_seed(args.seed)
     cpu = cpu_info()
     print(f"robustness bench, {time.strftime('%Y-%m-%d')}, {cpu.model} ({cpu.capability}), fp32, "
           f"{torch.get_num_threads()} threads")
     results: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        from slava.synth import write_dataset
+    if "synthetic" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            from slava.synth import write_dataset
 
-        data = args.data or write_dataset(Path(tmp) / "synth", 400, size=256, seed=0, overwrite=True)
-        selection = write_dataset(Path(tmp) / "selection", 200, size=256, seed=1, overwrite=True)
-        print("\nsynthetic sets: macro-F1 of the head")
-        results["synthetic"] = synthetic(data, selection, args.real if args.real.is_dir() else None, VARIANTS,
-                                         args.train_tower, args.seed)
-    for split in ("selection", "test"):
-        print(f"\n {split} set")
-        _table(results["synthetic"], split)
-    if args.real.is_dir():
-        print("\nreal sets: share of images whose head class names their objects (REAL_CLASSES)")
-        _table({n: {"real": r["real"]} for n, r in results["synthetic"].items()}, "real")
-    if args.neu.is_dir():
+            data = args.data or write_dataset(Path(tmp) / "synth", 400, size=256, seed=0, overwrite=True)
+            selection = write_dataset(Path(tmp) / "selection", 200, size=256, seed=1, overwrite=True)
+            print("\nsynthetic sets: macro-F1 of the head")
+            results["synthetic"] = synthetic(data, selection, args.real if args.real.is_dir() else None, VARIANTS,
+                                             args.train_tower, args.seed)
+        for split in ("selection", "test"):
+            print(f"\n {split} set")
+            _table(results["synthetic"], split)
+        if args.real.is_dir():
+            print("\nreal sets: share of images whose head class names their objects (REAL_CLASSES)")
+            _table({n: {"real": r["real"]} for n, r in results["synthetic"].items()}, "real")
+    if "neu" in parts and args.neu.is_dir():
         results["neu_5shot"] = neu(args.neu, VARIANTS, args.neu_per_class)
         print(f"\nNEU-DET 5-shot prototypes, top-1 on {args.neu_per_class} test images per class")
         _table({k: {"neu": v} for k, v in results["neu_5shot"].items()}, "neu")
-    if args.lung.is_dir():
+    if "lung" in parts and args.lung.is_dir():
         results["lung_cells"] = lung_cells(args.lung, VARIANTS)
         print("\nfei-lung-cells, leave-one-out 1-shot prototypes (10 images; chance 0.2 for class, 0.5 for group)")
         for name, row in results["lung_cells"].items():
-            print(f"  {name:<22} exposure class {row['class']:.2f}   cell group {row['group']:.2f}")
+            print(f"  {name:<26} exposure class {row['class']:.2f}   cell group {row['group']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

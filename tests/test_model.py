@@ -221,6 +221,21 @@ def test_efficientnet_loads_imagenet_weights_and_unfreezes_top_blocks():
         assert not torch.allclose(random.extract_features(tower.preprocess(x)), tower.net.extract_features(tower.preprocess(x)))
 
 
+def test_few_shot_embedding_is_the_same_however_the_image_is_turned():
+    from slava.model.towers import few_shot_embedding, multi_depth_embedding
+
+    tower = build_tower(VisionConfig(image_size=64)).eval()
+    x = torch.rand(2, 1, 64, 64)
+    turned = [torch.rot90(x, 1, dims=(-2, -1)), torch.flip(x, dims=(-1,)), torch.rot90(torch.flip(x, dims=(-2,)), 3, dims=(-2, -1))]
+    base = few_shot_embedding(tower, x)
+    assert base.shape == multi_depth_embedding(tower, x).shape
+    for t in turned:
+        assert torch.allclose(few_shot_embedding(tower, t), base, atol=1e-5)
+    # One view is not: a turned micrograph would otherwise move away from its own prototype.
+    assert not torch.allclose(multi_depth_embedding(tower, turned[0]), multi_depth_embedding(tower, x), atol=1e-3)
+    assert not torch.allclose(base[0], base[1], atol=1e-3)
+
+
 def test_projector_pools_token_grid():
     proj = Projector(in_dim=3, out_dim=8, grid=7, pool=2)
     tokens = torch.arange(49.0).view(1, 49, 1).expand(1, 49, 3)

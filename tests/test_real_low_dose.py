@@ -57,3 +57,13 @@ def test_superalloy_precipitates_counted_at_one_electron_a_pixel_as_when_clean()
         noisy = replace(m, pixels=A.shifted(m.pixels, "noise", "strong", seed=i))
         errors.append(abs(measure(noisy, kinds=("pores",)).pores.count - row["count"]) / row["count"])
     assert float(np.median(errors)) < 0.3, errors
+
+
+@needs_data
+def test_a_very_noisy_image_is_flagged_and_a_clean_one_is_not():
+    path = REAL / "stem-nanoparticles" / "images" / "Ru2.jpg"
+    m = load_micrograph(path, read_bar=False)
+    noisy = replace(m, pixels=A.shifted(m.pixels, "noise", "strong", seed=0))
+    flagged = lambda mg: any("very noisy" in n for n in measure(mg, kinds=("particles",)).notes)
+    assert flagged(noisy) and not flagged(m)
+    assert not any("very noisy" in n for n in measure(noisy, kinds=("texture",)).notes)

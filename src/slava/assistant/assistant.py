@@ -479,9 +479,9 @@ class Assistant:
 
     def _prototype(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:
         with self.inference():
-            per_class = {label: self.model.image_embedding(self.pixels(ms)) for label, ms in support.items()}
+            per_class = {label: self.model.few_shot_embedding(self.pixels(ms)) for label, ms in support.items()}
             labels, protos, centre = prototypes(per_class)
-            probs = prototype_probs(self.model.image_embedding(self.pixels([micrograph])), protos, centre)[0]
+            probs = prototype_probs(self.model.few_shot_embedding(self.pixels([micrograph])), protos, centre)[0]
         return _ranked(labels, probs, "prototype", 0.0, "prototype")
 
     def _in_context(self, micrograph: Micrograph, support: dict[str, list[Micrograph]]) -> Classification:

@@ -191,7 +191,7 @@ def _embeddings(assistant, images: Sequence[str]):
     with assistant.inference():
         for i in range(0, len(images), BATCH):
             mg = [assistant.prepare(p) for p in images[i : i + BATCH]]
-            out.append(assistant.model.image_embedding(assistant.pixels(mg)).float())
+            out.append(assistant.model.few_shot_embedding(assistant.pixels(mg)).float())
     return torch.cat(out) if out else torch.zeros(0)
 
 

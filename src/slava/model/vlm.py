@@ -40,7 +40,7 @@ from slava.model.projector import Projector
 from slava.model.quant import quantize_from_config
 from slava.model.scoring import score_continuations
 from slava.model.tokenizer import SlavaTokenizer
-from slava.model.towers import VisionTower, build_tower, multi_depth_embedding
+from slava.model.towers import VisionTower, build_tower, few_shot_embedding, multi_depth_embedding
 
 FORMAT = 1
 
@@ -120,8 +120,12 @@ class SlavaModel(nn.Module):
 
     @torch.no_grad()
     def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Few-shot embedding [B, D] of the tower (``slava.model.towers.multi_depth_embedding``)."""
+        """Multi-depth embedding [B, D] of the tower, what a head reads (``slava.model.towers.multi_depth_embedding``)."""
         return multi_depth_embedding(self.tower, pixels)
+
+    def few_shot_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What prototypes compare [B, D]: the multi-depth embedding over eight views (``towers.few_shot_embedding``)."""
+        return few_shot_embedding(self.tower, pixels)
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with the `<image>` positions of row b replaced by `image_embeds[b]` in order."""
