@@ -3,6 +3,9 @@
     python bench/bench_class_head.py --run runs/tiny-cpu --records demo/records.jsonl \
         [--neu ../shared/data/neu-det/images]
 
+Each set also scores ``head.turns``: the head fitted on every training image's
+eight turned and mirrored views, on upright and on quarter-turned test images.
+
 Synthetic: the head variants are fitted on the run's training images
 (``meta.split`` "train") and scored on its test images, as is LM scoring of
 the same labels by the run itself. NEU-DET (6 classes, folders of images,
@@ -67,6 +70,23 @@ def folder_split(root: Path) -> tuple[list[Path], list[str], list[Path], list[st
     return out
 
 
+def turned(model, upright: tuple[torch.Tensor, torch.Tensor], train_px: torch.Tensor, train_y: list[str],
+           test_px: torch.Tensor, test_y: list[str], labels: list[str]) -> None:
+    """``head.turns``: the logistic head fitted on the upright training images, then on their eight turned and
+    mirrored views, each scored on the upright and on the quarter-turned test images."""
+    from slava.eval.metrics import macro_f1
+    from slava.model.towers import dihedral_views
+    from slava.train.class_head import HeadConfig, fit_head
+
+    views = torch.cat([upright[0]] + [features(model, v, "multi_depth") for v in dihedral_views(train_px)[1:]])
+    quarter = features(model, torch.rot90(test_px, 1, dims=(-2, -1)), "multi_depth")
+    for name, x in (("upright training images", upright[0]), ("8 views of each (head.turns)", views)):
+        head = fit_head(x, train_y * (len(x) // len(train_y)), HeadConfig(features="multi_depth"))
+        f1 = [macro_f1(test_y, [head.labels[i] for i in head(t).argmax(dim=1).tolist()], labels)
+              for t in (upright[1], quarter)]
+        print(f"  head logistic on multi_depth, {name}: macro-F1 {f1[0]:.3f} upright, {f1[1]:.3f} quarter-turned test")
+
+
 def bench(name: str, assistant, split, lm_limit: int) -> None:
     from slava.eval.metrics import macro_f1
     from slava.train.class_head import HeadConfig, fit_head
@@ -85,6 +105,7 @@ def bench(name: str, assistant, split, lm_limit: int) -> None:
         head = fit_head(cache[feats][0], train_y, HeadConfig(kind=kind, features=feats))
         pred = [head.labels[i] for i in head(cache[feats][1]).argmax(dim=1).tolist()]
         print(f"  head {kind:9s} on {feats:11s}: macro-F1 {macro_f1(test_y, pred, labels):.3f}")
+    turned(model, cache["multi_depth"], train_px, train_y, test_px, test_y, labels)
     n = min(lm_limit, len(test_paths))
     step = max(1, len(test_paths) // n)
     idx = list(range(0, len(test_paths), step))[:n]

@@ -11,7 +11,9 @@ written here unless --data names a set). Variants:
 - stretch: ``vision.stretch`` (robust contrast stretch before the tower);
 - stretch+denoise: and ``vision.denoise``;
 - stretch+aug1: and the head fitted on one degraded copy of each training image too
-  (``head.augment: 1, c: 0.1``, what smol-cpu ships);
+  (``head.augment: 1, c: 0.1``);
+- stretch+aug1+turns: and on each clean training image's eight turned and mirrored
+  views (``head.turns``, what smol-cpu ships);
 - stretch+aug4: four copies, ``c: 0.03``;
 - tower+aug (--train-tower): the top 3 tower blocks first trained for 4 epochs on
   the classes with degraded copies (a tower that learns), then as stretch+aug1.
@@ -48,7 +50,7 @@ from slava.hardware import cpu_info
 from slava.io import load_micrograph, micrograph_from_array
 from slava.model.config import VisionConfig
 from slava.model.pixels import to_model_pixels
-from slava.model.towers import build_tower, few_shot_embedding, multi_depth_embedding
+from slava.model.towers import build_tower, dihedral_views, few_shot_embedding, multi_depth_embedding
 from slava.train.augment import degrade, variant_seed
 from slava.train.class_head import HeadConfig, fit_head, head_macro_f1
 
@@ -59,7 +61,8 @@ VARIANTS = {
     "plain": dict(stretch=False, denoise=False, augment=0, c=1.0),
     "stretch": dict(stretch=True, denoise=False, augment=0, c=1.0),
     "stretch+denoise": dict(stretch=True, denoise=True, augment=0, c=1.0),
-    "stretch+aug1 (shipped)": dict(stretch=True, denoise=False, augment=1, c=0.1),
+    "stretch+aug1": dict(stretch=True, denoise=False, augment=1, c=0.1),
+    "stretch+aug1+turns (shipped)": dict(stretch=True, denoise=False, augment=1, c=0.1, turns=True),
     "stretch+aug4": dict(stretch=True, denoise=False, augment=4, c=0.03),
 }
 REAL_CLASSES = {"stem-nanoparticles": {"particles", "powders"}, "nasa-superalloy": {"particles", "powders"},
@@ -144,8 +147,9 @@ def synthetic(data: Path, selection: Path, real: Path | None, variants: dict, to
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
         if v.get("train_tower"):
             train_tower(tower, train_px, y_train, seed)
-        copies = [train_px] + [[degrade(p, variant_seed(seed, it.image, k)) for it, p in zip(train, train_px)]
-                               for k in range(1, v["augment"] + 1)]
+        views = [list(t) for t in zip(*map(dihedral_views, train_px))] if v.get("turns") else [train_px]
+        copies = views + [[degrade(p, variant_seed(seed, it.image, k)) for it, p in zip(train, train_px)]
+                          for k in range(1, v["augment"] + 1)]
         head = fit_head(torch.cat([embed(tower, c) for c in copies]), y_train * len(copies), HeadConfig(c=v["c"]))
         results[name] = {s: {k: head_macro_f1(head, embed(tower, px), truth[s]) for k, px in d.items()}
                          for s, d in sets_px.items()}
@@ -166,7 +170,7 @@ def neu(folder: Path, variants: dict, per_class: int, shots: int = 5) -> dict:
     truth = [it.label for it in test]
     out = {}
     for name, v in variants.items():
-        if v["augment"]:
+        if v["augment"] or v.get("turns"):
             continue  # prototypes have no head to augment
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
         support_pixels = {c: [to_model_pixels(load_micrograph(it.image, read_bar=False).pixels, SIZE) for it in s]
@@ -185,7 +189,7 @@ def lung_cells(folder: Path, variants: dict) -> dict:
     rows = [json.loads(line) for line in (folder / "truth.jsonl").open()]
     out = {}
     for name, v in variants.items():
-        if v["augment"]:
+        if v["augment"] or v.get("turns"):
             continue
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
         pixels = [to_model_pixels(load_micrograph(folder / r["image"], read_bar=False).pixels, SIZE) for r in rows]

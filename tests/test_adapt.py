@@ -4,10 +4,11 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from slava.assistant import Assistant
 from slava.data.run_head import HEAD_FILE, load_head
-from slava.train.adapt import AdaptError, adapt
+from slava.train.adapt import ADAPT_C, AdaptError, adapt
 
 NEW_CLASSES = ("powders", "tips")
 
@@ -30,6 +31,7 @@ def test_adapt_writes_a_new_run_that_classifies_the_labs_classes(tiny_run, lab_f
     out = tmp_path / "adapted"
     assert sorted(p.name for p in tiny_run.iterdir()) == before  # the old run is untouched
     assert result["labels"] == sorted(NEW_CLASSES) and result["degraded_copies"] == 2
+    assert result["c"] in ADAPT_C
     assert load_head(out / HEAD_FILE).labels == sorted(NEW_CLASSES)
     records = [json.loads(line) for line in (out / "records.jsonl").open()]
     assert {r["meta"]["class"] for r in records} == set(NEW_CLASSES)
@@ -45,6 +47,26 @@ def test_adapt_writes_a_new_run_that_classifies_the_labs_classes(tiny_run, lab_f
     image = next((lab_folder / "tips").glob("*.png"))
     got = assistant.classify(image)
     assert got.method == "head" and got.label in NEW_CLASSES
+
+
+def test_the_head_is_fitted_on_every_view_and_degraded_copy_of_a_training_image(tiny_run, lab_folder):
+    from slava.io import load_micrograph
+    from slava.model.pixels import to_model_pixels
+    from slava.model.vlm import SlavaModel
+    from slava.train.adapt import _features
+
+    model = SlavaModel.load(tiny_run).eval()
+    images = [str(p) for p in sorted((lab_folder / "tips").glob("*.png"))[:2]]
+    feats = _features(model, images, 2, seed=0, progress=False, turned=True)
+    assert len(feats) == 8 + 2 and all(f.shape == feats[0].shape for f in feats)
+    px = torch.stack([to_model_pixels(load_micrograph(p).pixels, model.image_size) for p in images])
+    with torch.no_grad():
+        mirrored = model.image_embedding(torch.flip(px, dims=(-1,))).float()
+        quarter = model.image_embedding(torch.rot90(px, 1, dims=(-2, -1))).float()
+    assert torch.allclose(feats[1], mirrored, atol=1e-4) and torch.allclose(feats[2], quarter, atol=1e-4)
+    assert not torch.allclose(feats[1], feats[0], atol=1e-3)
+    assert not torch.allclose(feats[8], feats[0], atol=1e-3) and not torch.allclose(feats[8], feats[9], atol=1e-3)
+    assert len(_features(model, images, 2, seed=0, progress=False)) == 3  # held-out images: one view
 
 
 def test_adapt_refuses_what_it_cannot_use(tiny_run, lab_folder, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from slava.assistant import Assistant, AssistantError
 from slava.assistant.screen import screen
 from slava.data.run_head import HEAD_FILE, HeadError, load_head, save_head
-from slava.train.class_head import HeadConfig, HeadFitError, fit_head, head_macro_f1
+from slava.train.class_head import HeadConfig, HeadFitError, fit_head, fit_head_choosing_c, head_macro_f1
 
 from tiny_run import TINY_CLASSES, tiny_images
 
@@ -148,6 +148,24 @@ def test_fit_save_load_round_trip(tmp_path):
         fit_head(x[:20], labels[:20], HeadConfig())
 
 
+def test_the_l2_strength_is_the_one_best_on_the_val_split():
+    gen = torch.Generator().manual_seed(1)
+    # Few noisy training points in many dimensions, where the strength matters.
+    centres = torch.randn(3, 64, generator=gen)
+    y = [k for k in range(3) for _ in range(6)]
+    x = centres[y] + 1.5 * torch.randn(18, 64, generator=gen)
+    yv = [k for k in range(3) for _ in range(30)]
+    xv = centres[yv] + 1.5 * torch.randn(90, 64, generator=gen)
+    labels, val_labels = [["a", "b", "c"][k] for k in y], [["a", "b", "c"][k] for k in yv]
+    grid = (1e-4, 0.01, 1.0, 100.0)
+    scores = {c: head_macro_f1(fit_head(x, labels, HeadConfig(c=c)), xv, val_labels) for c in grid}
+    head, c = fit_head_choosing_c(x, labels, HeadConfig(kind="prototype"), grid, (xv, val_labels))
+    assert head.kind == "logistic" and c in grid
+    assert scores[c] == max(scores.values()) and c == min(k for k in grid if scores[k] == scores[c])
+    assert head_macro_f1(head, xv, val_labels) == scores[c]
+    assert fit_head_choosing_c(x, labels, HeadConfig(), grid, None)[1] == min(grid)
+
+
 def test_held_out_images_exist(held_out, tiny_run):
     """The held-out set really is new: none of its images is one the run trained on."""
     trained = {p.read_bytes() for ps in tiny_images(tiny_run).values() for p in ps}
@@ -192,19 +210,22 @@ def classify_question() -> str:
     return classify_prompt(list(TINY_CLASSES))
 
 
-def test_head_augment_fits_the_head_on_the_degraded_copies_too(tiny_run, tmp_path):
-    """head.augment: the head sees each training image's degraded copies besides the clean one."""
+@pytest.mark.parametrize("head, copies", [({"augment": 2}, {"degraded_copies": 2, "views": 1}),
+                                          ({"turns": True}, {"degraded_copies": 0, "views": 8})])
+def test_head_augment_and_turns_fit_the_head_on_more_copies_of_each_image(tiny_run, tmp_path, head, copies):
+    """head.augment and head.turns: the head sees each training image's degraded copies, or its turned and
+    mirrored views, besides the clean upright one."""
     from slava.train.recipe import recipe_from_dict
     from slava.train.trainer import train
 
     from tiny_run import TINY_RECIPE
 
     spec = json.loads(json.dumps(TINY_RECIPE))
-    spec["head"] = {"augment": 2}
+    spec["head"] = head
     spec["stages"] = [{"name": "align", "max_steps": 1, "batch_size": 8, "tasks": ["caption"], "lr": {"projector": 1e-3}}]
     summary = train(recipe_from_dict(spec), tiny_run.parent / "records.jsonl", tmp_path / "run", progress=False)
-    assert summary["classifier"]["degraded_copies"] == 2
-    # The tower is frozen in both runs, so only the degraded copies can make the heads differ.
+    assert {k: summary["classifier"][k] for k in copies} == copies
+    # The tower is frozen in both runs, so only the extra copies can make the heads differ.
     clean, augmented = load_head(tiny_run / HEAD_FILE), load_head(tmp_path / "run" / HEAD_FILE)
     assert clean.labels == augmented.labels and clean.weight.shape == augmented.weight.shape
     assert not torch.allclose(clean.weight, augmented.weight, atol=1e-3)

@@ -11,7 +11,8 @@ def register(subparsers) -> None:
         "adapt",
         help="tune a run to your own labelled images (one folder per class) in minutes on CPU",
         description="Make the folder's images into records with the analytic teacher and fit the run's "
-        "classification head again on their classes, from each training image and degraded copies of it. "
+        "classification head again on their classes, from each training image turned and mirrored (eight views) "
+        "and from degraded copies of it, with its L2 strength chosen on the folder's val images. "
         "Writes a new run to --out and scores it on the folder's held-out test images.",
     )
     p.add_argument("--run", default=None, help="run to start from (default $SLAVA_RUN or runs/smol-cpu)")

@@ -220,12 +220,18 @@ def few_shot_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor
     val split and from 0.920 to 0.953 on its test split (mean of three
     support draws), for eight tower passes an image.
     """
+    views = dihedral_views(pixels)
+    b = pixels.shape[0]
+    return multi_depth_embedding(tower, torch.cat(views)).view(len(views), b, -1).mean(dim=0)
+
+
+def dihedral_views(pixels: torch.Tensor) -> list[torch.Tensor]:
+    """The eight views of images [..., H, W]: four quarter turns, each also mirrored; the first is ``pixels``."""
     views = []
     for turns in range(4):
         turned = torch.rot90(pixels, turns, dims=(-2, -1))
         views += [turned, torch.flip(turned, dims=(-1,))]
-    b = pixels.shape[0]
-    return multi_depth_embedding(tower, torch.cat(views)).view(len(views), b, -1).mean(dim=0)
+    return views
 
 
 def build_tower(cfg: VisionConfig) -> VisionTower:

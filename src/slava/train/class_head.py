@@ -7,7 +7,7 @@ of the classes it saw, checks it on the held-out ones, and writes it with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import torch
@@ -42,6 +42,14 @@ class HeadConfig:
     """Degraded copies of each training image (``slava.train.augment.degrade``, the copies training
     itself would see) the head is fitted on besides the clean one: what keeps it standing when a
     real instrument's noise, focus or contrast differ from the training set's (``bench/bench_robustness.py``)."""
+    turns: bool = False
+    """Fit the head on each clean training image's eight turned and mirrored views
+    (``towers.dihedral_views``), not the upright one alone: a micrograph's class does not turn with
+    the stage, an ImageNet tower's features do. The head still reads one view, so screening costs
+    the same. On the demo set (AMD EPYC, AVX2, 2026-12-02, held-out test, one degraded copy, c 0.1)
+    clean macro-F1 0.950 → 0.961, worst moderate artefact 0.734 → 0.798, mean moderate 0.916 → 0.934;
+    on NEU-DET through ``slava adapt``, which always turns, test 0.970 → 1.000 and a quarter-turned
+    test image 0.56 → 1.00."""
     tags: bool = False
     """Fit the head before the first stage and put its top class into every image prompt as a tag line
     ("Looks like: particles", ``slava.data.chat.user_turn``), in training and at inference alike, as
@@ -75,6 +83,19 @@ def fit_head(feats: torch.Tensor, labels: Sequence[str], cfg: HeadConfig, seed: 
         # sklearn's binary form is one logit for class 1; class 0's logit is then 0.
         weight, bias = torch.cat([torch.zeros_like(weight), weight]), torch.cat([torch.zeros_like(bias), bias])
     return ClassHead(classes, cfg.features, shift, scale, weight, bias, normalize=False, kind="logistic", tags=cfg.tags)
+
+
+def fit_head_choosing_c(feats: torch.Tensor, labels: Sequence[str], cfg: HeadConfig, grid: Sequence[float],
+                        val: tuple[torch.Tensor, Sequence[str]] | None, seed: int = 0) -> tuple[ClassHead, float]:
+    """A logistic head fitted at each inverse L2 strength of ``grid`` and the one best on ``val`` (features and
+    labels), with that strength; ties, and no ``val``, go to the smallest (strongest L2)."""
+    best: tuple[float, ClassHead, float] | None = None
+    for c in sorted(grid) if val is not None else [min(grid)]:
+        head = fit_head(feats, labels, replace(cfg, kind="logistic", c=c), seed)
+        score = head_macro_f1(head, *val) if val is not None else 0.0
+        if best is None or score > best[0]:
+            best = (score, head, c)
+    return best[1], best[2]
 
 
 def head_macro_f1(head: ClassHead, feats: torch.Tensor, labels: Sequence[str]) -> float:

@@ -536,27 +536,30 @@ class Trainer:
 
     @torch.no_grad()
     def _head_features(self, model, images: list[str], kind: str,
-                       memo: dict[tuple[str, int], torch.Tensor] | None = None, variant: int = 0) -> torch.Tensor:
-        """The head's features of one copy of each image (0: the clean one, ``_view``): the cached tower
-        output where training kept it, else one tower forward.
+                       memo: dict[tuple[str, int, int], torch.Tensor] | None = None, variant: int = 0,
+                       turn: int = 0) -> torch.Tensor:
+        """The head's features of one copy of each image (0: the clean one, ``_view``), in view ``turn`` of
+        ``towers.dihedral_views`` (0: as it is): the cached tower output where training kept it, else one
+        tower forward.
 
-        ``memo`` ((image, copy) → feature) keeps what was computed for a later call with the same frozen tower.
+        ``memo`` ((image, copy, turn) → feature) keeps what was computed for a later call with the same frozen tower.
         """
         from slava.model.class_head import head_features, pooled_tokens
+        from slava.model.towers import dihedral_views
 
-        keys = [(im, variant) for im in images]
-        if kind == "pooled" and all(k in self.features for k in keys):
-            return torch.stack([pooled_tokens(self.features[k][None])[0] for k in keys])
+        if kind == "pooled" and turn == 0 and all((im, variant) in self.features for im in images):
+            return torch.stack([pooled_tokens(self.features[(im, variant)][None])[0] for im in images])
+        keys = [(im, variant, turn) for im in images]
         memo = {} if memo is None else memo
         todo = [k for k in dict.fromkeys(keys) if k not in memo]
         for i in range(0, len(todo), 32):
             chunk = todo[i : i + 32]
-            pixels = torch.stack([self._view(*k) for k in chunk]).to(self.info.device)
+            pixels = torch.stack([dihedral_views(self._view(im, v))[t] for im, v, t in chunk]).to(self.info.device)
             with self.precision.autocast(self.info.device.type):
                 memo.update(zip(chunk, head_features(model, pixels, kind).float().cpu().unbind(0)))
         return torch.stack([memo[k] for k in keys])
 
-    def _fitted_head(self, model, memo: dict[str, torch.Tensor] | None = None):
+    def _fitted_head(self, model, memo: dict[tuple[str, int, int], torch.Tensor] | None = None):
         """(classification head, its summary) fitted on the training images (``slava.train.class_head``), or (None, None).
 
         ``memo`` is ``_head_features``'.
@@ -570,11 +573,11 @@ class Trainer:
             return None, None
         model.eval()
         start = time.perf_counter()
-        copies = range(cfg.augment + 1)
-        feats = torch.cat([self._head_features(model, list(train), cfg.features, memo, v) for v in copies])
+        copies = [(0, t) for t in range(8 if cfg.turns else 1)] + [(v, 0) for v in range(1, cfg.augment + 1)]
+        feats = torch.cat([self._head_features(model, list(train), cfg.features, memo, v, t) for v, t in copies])
         head = fit_head(feats, list(train.values()) * len(copies), cfg, self.recipe.seed)
         out = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
-               "train_images": len(train), "degraded_copies": cfg.augment}
+               "train_images": len(train), "views": 8 if cfg.turns else 1, "degraded_copies": cfg.augment}
         val = {im: c for im, c in self._classed_images(self.val_records).items() if c in head.labels}
         if val:
             f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features, memo), list(val.values()))
@@ -589,7 +592,7 @@ class Trainer:
         from slava.model.class_head import image_tags
 
         # The tower is frozen throughout (validate_recipe), so each image's features are computed once here.
-        memo: dict[tuple[str, int], torch.Tensor] = {}
+        memo: dict[tuple[str, int, int], torch.Tensor] = {}
         self.head, self.head_summary = self._fitted_head(model, memo)
         if self.head is None:
             raise SlavaError("head.tags needs a classification head: enable it, with records naming at least two "
