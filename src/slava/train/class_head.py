@@ -46,10 +46,11 @@ class HeadConfig:
     """Fit the head on each clean training image's eight turned and mirrored views
     (``towers.dihedral_views``), not the upright one alone: a micrograph's class does not turn with
     the stage, an ImageNet tower's features do. The head still reads one view, so screening costs
-    the same. On the demo set (AMD EPYC, AVX2, 2026-12-02, held-out test, one degraded copy, c 0.1)
-    clean macro-F1 0.950 → 0.961, worst moderate artefact 0.734 → 0.798, mean moderate 0.916 → 0.934;
-    on NEU-DET through ``slava adapt``, which always turns, test 0.970 → 1.000 and a quarter-turned
-    test image 0.56 → 1.00."""
+    the same. ``bench/bench_robustness.py`` with one degraded copy at c 0.1 (AMD EPYC, AVX2,
+    2026-12-02): selection set clean 0.939 → 0.950, worst moderate artefact 0.794 → 0.825, mean
+    0.853 → 0.863, but strong noise 0.481 → 0.435; demo test clean 0.950 → 0.961. On NEU-DET
+    through ``slava adapt``, which always turns, test 0.970 → 1.000, and quarter-turned test
+    images 0.56 → 1.00."""
     tags: bool = False
     """Fit the head before the first stage and put its top class into every image prompt as a tag line
     ("Looks like: particles", ``slava.data.chat.user_turn``), in training and at inference alike, as
