@@ -171,6 +171,50 @@ def test_the_l2_strength_is_the_one_best_on_the_val_split():
     assert fit_head_choosing_c(x, labels, HeadConfig(), grid, None)[1] == min(grid)
 
 
+def test_held_out_images_exist(held_out, tiny_run):
+    """The held-out set really is new: none of its images is one the run trained on."""
+    trained = {p.read_bytes() for ps in tiny_images(tiny_run).values() for p in ps}
+    assert not any(p.read_bytes() in trained for ps in held_out.values() for p in ps)
+
+
+def test_a_run_trained_with_tags_puts_its_heads_class_into_every_image_prompt(tiny_run, tmp_path):
+    """head.tags: fitted before the first stage, saved as tagging, and its class written into the prompt at inference."""
+    from slava.data.records import read_records
+    from slava.train.recipe import recipe_from_dict
+    from slava.train.trainer import train
+
+    from tiny_run import TINY_RECIPE
+
+    spec = json.loads(json.dumps(TINY_RECIPE))
+    spec["head"] = {"tags": True}
+    spec["stages"] = [{"name": "align", "max_steps": 1, "batch_size": 8, "tasks": ["caption"], "lr": {"projector": 1e-3}}]
+    run = tmp_path / "tagged"
+    summary = train(recipe_from_dict(spec), tiny_run.parent / "records.jsonl", run, progress=False)
+    assert summary["classifier"]["tags"] is True and load_head(run / HEAD_FILE).tags
+
+    assistant = Assistant.load(run, device="cpu")
+    image = tiny_images(tiny_run)["fibres"][0]
+    tag = assistant.tag(image)
+    assert tag in {"particles", "fibres", "porous sponges"}
+    prompts = []
+    generate = assistant.model.generate
+    assistant.model.generate = lambda pixels, ids, *a, **k: prompts.extend(ids) or generate(pixels, ids, *a, **k)
+    assistant.caption(image, max_new_tokens=2)
+    assistant.answer_many([(image, "What applications could this material have?")], max_new_tokens=2)
+    assistant.ask(image, classify_question(), max_new_tokens=2)
+    texts = [assistant.tokenizer.decode([t for t in p if t != assistant.tokenizer.image_id]) for p in prompts]
+    assert all(f"Looks like: {tag}\nMeasured:" in t for t in texts[:2]), texts
+    assert "Looks like" not in texts[2]  # a classification prompt is never answered by its tag
+    records, _ = read_records(tiny_run.parent / "records.jsonl")
+    assert not any("Looks like" in r["conversations"][0]["value"] for r in records)  # the data on disk is untouched
+
+
+def classify_question() -> str:
+    from slava.teacher.prompts import classify_prompt
+
+    return classify_prompt(list(TINY_CLASSES))
+
+
 @pytest.mark.parametrize("head, copies", [({"augment": 2}, {"degraded_copies": 2, "views": 1}),
                                           ({"turns": True}, {"degraded_copies": 0, "views": 8})])
 def test_head_augment_and_turns_fit_the_head_on_more_copies_of_each_image(tiny_run, tmp_path, head, copies):
