@@ -50,7 +50,7 @@ from slava.hardware import cpu_info
 from slava.io import load_micrograph, micrograph_from_array
 from slava.model.config import VisionConfig
 from slava.model.pixels import to_model_pixels
-from slava.model.towers import build_tower, dihedral_views, few_shot_embedding, multi_depth_embedding
+from slava.model.towers import DIHEDRAL, build_tower, dihedral_view, few_shot_embedding, multi_depth_embedding
 from slava.train.augment import degrade, variant_seed
 from slava.train.class_head import HeadConfig, fit_head, head_macro_f1
 
@@ -147,7 +147,7 @@ def synthetic(data: Path, selection: Path, real: Path | None, variants: dict, to
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
         if v.get("train_tower"):
             train_tower(tower, train_px, y_train, seed)
-        views = [list(t) for t in zip(*map(dihedral_views, train_px))] if v.get("turns") else [train_px]
+        views = [[dihedral_view(p, k) for p in train_px] for k in range(DIHEDRAL if v.get("turns") else 1)]
         copies = views + [[degrade(p, variant_seed(seed, it.image, k)) for it, p in zip(train, train_px)]
                           for k in range(1, v["augment"] + 1)]
         head = fit_head(torch.cat([embed(tower, c) for c in copies]), y_train * len(copies), HeadConfig(c=v["c"]))

@@ -225,13 +225,20 @@ def few_shot_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor
     return multi_depth_embedding(tower, torch.cat(views)).view(len(views), b, -1).mean(dim=0)
 
 
+DIHEDRAL = 8
+"""Views of an image under the square's symmetries: four quarter turns, each also mirrored."""
+
+
+def dihedral_view(pixels: torch.Tensor, k: int) -> torch.Tensor:
+    """View ``k`` (0 … ``DIHEDRAL`` - 1) of images [..., H, W]: ``k // 2`` quarter turns, mirrored when
+    ``k`` is odd; view 0 is ``pixels``."""
+    turned = torch.rot90(pixels, k // 2, dims=(-2, -1))
+    return torch.flip(turned, dims=(-1,)) if k % 2 else turned
+
+
 def dihedral_views(pixels: torch.Tensor) -> list[torch.Tensor]:
-    """The eight views of images [..., H, W]: four quarter turns, each also mirrored; the first is ``pixels``."""
-    views = []
-    for turns in range(4):
-        turned = torch.rot90(pixels, turns, dims=(-2, -1))
-        views += [turned, torch.flip(turned, dims=(-1,))]
-    return views
+    """Every ``dihedral_view`` of images [..., H, W], in order; the first is ``pixels``."""
+    return [dihedral_view(pixels, k) for k in range(DIHEDRAL)]
 
 
 def build_tower(cfg: VisionConfig) -> VisionTower:

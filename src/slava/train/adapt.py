@@ -47,21 +47,21 @@ class AdaptError(SlavaError):
 def _features(model, images: list[str], copies: int, seed: int, progress: bool, turned: bool = False,
               batch: int = 32) -> list[torch.Tensor]:
     """Head features [N, D] of each image's clean copy, then (``turned``) of its seven other turned and
-    mirrored views (``towers.dihedral_views``), then of each of ``copies`` degraded copies."""
+    mirrored views (``towers.dihedral_view``), then of each of ``copies`` degraded copies."""
     from tqdm import tqdm
 
     from slava.io import load_micrograph
     from slava.model.class_head import head_features
     from slava.model.pixels import to_model_pixels
-    from slava.model.towers import dihedral_views
+    from slava.model.towers import DIHEDRAL, dihedral_view
     from slava.train.augment import degrade, variant_seed
 
     clean = [to_model_pixels(load_micrograph(p).pixels, model.image_size) for p in images]
-    turns = 8 if turned else 1
+    turns = DIHEDRAL if turned else 1
 
     def view(k: int, px: torch.Tensor, path: str) -> torch.Tensor:
         # Made a batch at a time: eight views of a lab's folder held at once would be gigabytes.
-        return dihedral_views(px)[k] if k < turns else degrade(px, variant_seed(seed, path, k - turns + 1))
+        return dihedral_view(px, k) if k < turns else degrade(px, variant_seed(seed, path, k - turns + 1))
 
     out = []
     bar = tqdm(total=len(images) * (turns + copies), unit="img", desc="head features", disable=not progress,
@@ -86,6 +86,7 @@ def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3
     """
     from slava.data.manifest import read_manifest
     from slava.data.records import read_records
+    from slava.model.towers import DIHEDRAL
     from slava.model.vlm import SlavaModel
     from slava.teacher.analytic import AnalyticTeacher
     from slava.teacher.runner import run_teacher
@@ -117,17 +118,16 @@ def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3
 
     model = SlavaModel.load(run).eval()
     train = by_split["train"]
-    log(f"adapt: head on {len(train)} training images, each turned and mirrored (8 views) and {augment} degraded "
-        "copies")
-    feats = _features(model, list(train), augment, seed, progress, turned=True)
     old = run / HEAD_FILE
-    tags = load_head(old).tags if old.is_file() else False
+    cfg = HeadConfig(augment=augment, tags=load_head(old).tags if old.is_file() else False, turns=True)
+    log(f"adapt: head on {len(train)} training images, each turned and mirrored ({DIHEDRAL} views) and {augment} "
+        "degraded copies")
+    feats = _features(model, list(train), augment, seed, progress, turned=True)
     # Screening reads one view: held-out images are scored as they come.
     held = {s: {p: c for p, c in by_split[s].items() if c in labels} for s in ("val", "test")}
     held_feats = {s: _features(model, list(h), 0, seed, progress)[0] for s, h in held.items() if h}
     val = (held_feats["val"], list(held["val"].values())) if "val" in held_feats else None
-    head, c = fit_head_choosing_c(torch.cat(feats), list(train.values()) * len(feats),
-                                  HeadConfig(augment=augment, tags=tags, turns=True), ADAPT_C, val, seed)
+    head, c = fit_head_choosing_c(torch.cat(feats), list(train.values()) * len(feats), cfg, ADAPT_C, val, seed)
     save_head(head, out / HEAD_FILE)
     scores = {s: {"images": len(held[s]), "macro_f1": round(head_macro_f1(head, f, list(held[s].values())), 4)}
               for s, f in held_feats.items()}
@@ -143,7 +143,7 @@ def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3
               "teacher": teach.line(), "degraded_copies": augment, "c": c, "held_out": scores,
               "time_s": round(time.perf_counter() - start, 1)}
     summary["classifier"] = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
-                             "train_images": len(train), "views": len(feats) - augment, "degraded_copies": augment,
+                             "train_images": len(train), "views": DIHEDRAL, "degraded_copies": augment,
                              "c": c, "tags": head.tags,
                              **({"val_images": scores["val"]["images"], "val_macro_f1": scores["val"]["macro_f1"]}
                                 if "val" in scores else {})}

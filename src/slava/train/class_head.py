@@ -44,7 +44,7 @@ class HeadConfig:
     real instrument's noise, focus or contrast differ from the training set's (``bench/bench_robustness.py``)."""
     turns: bool = False
     """Fit the head on each clean training image's eight turned and mirrored views
-    (``towers.dihedral_views``), not the upright one alone: a micrograph's class does not turn with
+    (``towers.dihedral_view``), not the upright one alone: a micrograph's class does not turn with
     the stage, an ImageNet tower's features do. The head still reads one view, so screening costs
     the same. ``bench/bench_robustness.py`` with one degraded copy at c 0.1 (AMD EPYC, AVX2,
     2026-12-02): selection set clean 0.939 → 0.950, worst moderate artefact 0.794 → 0.825, mean

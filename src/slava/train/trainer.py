@@ -539,13 +539,13 @@ class Trainer:
                        memo: dict[tuple[str, int, int], torch.Tensor] | None = None, variant: int = 0,
                        turn: int = 0) -> torch.Tensor:
         """The head's features of one copy of each image (0: the clean one, ``_view``), in view ``turn`` of
-        ``towers.dihedral_views`` (0: as it is): the cached tower output where training kept it, else one
+        ``towers.dihedral_view`` (0: as it is): the cached tower output where training kept it, else one
         tower forward.
 
         ``memo`` ((image, copy, turn) → feature) keeps what was computed for a later call with the same frozen tower.
         """
         from slava.model.class_head import head_features, pooled_tokens
-        from slava.model.towers import dihedral_views
+        from slava.model.towers import dihedral_view
 
         if kind == "pooled" and turn == 0 and all((im, variant) in self.features for im in images):
             return torch.stack([pooled_tokens(self.features[(im, variant)][None])[0] for im in images])
@@ -554,7 +554,7 @@ class Trainer:
         todo = [k for k in dict.fromkeys(keys) if k not in memo]
         for i in range(0, len(todo), 32):
             chunk = todo[i : i + 32]
-            pixels = torch.stack([dihedral_views(self._view(im, v))[t] for im, v, t in chunk]).to(self.info.device)
+            pixels = torch.stack([dihedral_view(self._view(im, v), t) for im, v, t in chunk]).to(self.info.device)
             with self.precision.autocast(self.info.device.type):
                 memo.update(zip(chunk, head_features(model, pixels, kind).float().cpu().unbind(0)))
         return torch.stack([memo[k] for k in keys])
@@ -565,6 +565,7 @@ class Trainer:
         ``memo`` is ``_head_features``'.
         """
         from slava.data.run_head import HEAD_FILE
+        from slava.model.towers import DIHEDRAL
         from slava.train.class_head import fit_head, head_macro_f1
 
         cfg = self.recipe.head
@@ -573,11 +574,12 @@ class Trainer:
             return None, None
         model.eval()
         start = time.perf_counter()
-        copies = [(0, t) for t in range(8 if cfg.turns else 1)] + [(v, 0) for v in range(1, cfg.augment + 1)]
+        views = DIHEDRAL if cfg.turns else 1
+        copies = [(0, t) for t in range(views)] + [(v, 0) for v in range(1, cfg.augment + 1)]
         feats = torch.cat([self._head_features(model, list(train), cfg.features, memo, v, t) for v, t in copies])
         head = fit_head(feats, list(train.values()) * len(copies), cfg, self.recipe.seed)
         out = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
-               "train_images": len(train), "views": 8 if cfg.turns else 1, "degraded_copies": cfg.augment}
+               "train_images": len(train), "views": views, "degraded_copies": cfg.augment}
         val = {im: c for im, c in self._classed_images(self.val_records).items() if c in head.labels}
         if val:
             f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features, memo), list(val.values()))
