@@ -236,6 +236,34 @@ def test_few_shot_embedding_is_the_same_however_the_image_is_turned():
     assert not torch.allclose(base[0], base[1], atol=1e-3)
 
 
+def test_few_shot_embedding_takes_the_root_of_each_depths_positive_part():
+    from slava.model.towers import depth_features, few_shot_embedding, multi_depth_embedding
+
+    tower = build_tower(VisionConfig(image_size=64)).eval()
+    x = torch.rand(1, 1, 64, 64)
+    levels = depth_features(tower, x)
+    assert len(levels) == 4 and any(bool((f < 0).any()) for f in levels)  # mid-depth blocks end without an activation
+    # Every view of a constant image is the same image, so the eight-view mean is the one view's map.
+    flat = torch.full((1, 1, 64, 64), 0.4)
+    flat_levels = depth_features(tower, flat)
+    expected = torch.cat([torch.nn.functional.normalize(f.clamp_min(0).sqrt(), dim=-1) for f in flat_levels], dim=-1)
+    assert torch.allclose(few_shot_embedding(tower, flat), expected, atol=1e-5)
+    assert not torch.allclose(expected, multi_depth_embedding(tower, flat), atol=1e-2)
+    assert bool((few_shot_embedding(tower, x) >= 0).all()) and not bool((multi_depth_embedding(tower, x) >= 0).all())
+
+
+def test_tower_runs_channels_last_with_the_default_layouts_values():
+    tower = build_tower(VisionConfig(image_size=64)).eval()
+    conv = tower.net._conv_stem.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        fast = tower(x)
+        tower.net.to(memory_format=torch.contiguous_format)
+        plain = tower.net.extract_features(tower.preprocess(x).contiguous()).flatten(2).transpose(1, 2)
+    assert torch.allclose(fast, plain, atol=1e-4)
+
+
 def test_projector_pools_token_grid():
     proj = Projector(in_dim=3, out_dim=8, grid=7, pool=2)
     tokens = torch.arange(49.0).view(1, 49, 1).expand(1, 49, 3)

@@ -13,7 +13,8 @@ at ``max_new_tokens``, and where a stop string (a role marker such as
 (``GenerationConfig.loop_ngram``) appears a third time: the token that would
 complete it is banned at that step. Tokens split the same words in many
 ways ("metal," and "metal" + ","), so a row whose text repeats a word
-n-gram a third time (``slava.data.repetition``) also ends, before it.
+n-gram a third time, or says a run of words twice in a row
+(``slava.data.repetition``), also ends, before it.
 """
 
 from __future__ import annotations
@@ -232,7 +233,8 @@ class StopStrings:
     """Where decoded text reaches a stop string or starts to loop: the row ends there and the rest is cut off.
 
     ``loops`` (the word n-gram length, 0 for off) also ends a row where a word
-    n-gram of its text appears a third time (``slava.data.repetition``).
+    n-gram of its text appears a third time or a run of words is said twice
+    in a row (``slava.data.repetition.loop_start``).
     """
 
     def __init__(self, strings: Sequence[str], decode: Callable[[list[int]], str] | None, loops: int = 0):

@@ -87,6 +87,9 @@ class EfficientNetLite0Tower(VisionTower):
         self.grid = -(-self.image_size // 32)
         self._set_norm([0.5] * 3, [0.5] * 3)
         self.blocks = list(self.net._blocks) + [nn.ModuleList([self.net._conv_head, self.net._bn1])]
+        # On CPU the tower runs 1.5x faster in channels-last layout (28 vs 43 ms an image at 160 px, side by side,
+        # AMD EPYC AVX2, 2 cores) with the same values; saving and fingerprints copy to the default layout.
+        self.net.to(memory_format=torch.channels_last)
         self.net.eval()
 
     def train(self, mode: bool = True):
@@ -95,7 +98,7 @@ class EfficientNetLite0Tower(VisionTower):
         return self
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x).flatten(2).transpose(1, 2)
+        return self.net.extract_features(x.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)
 
 
 class HFVisionTower(VisionTower):
@@ -189,14 +192,8 @@ def _pooled(out) -> torch.Tensor:
 
 
 @torch.no_grad()
-def multi_depth_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor:
-    """Few-shot embedding [B, D]: mean-pooled features of several tower depths, each unit-length, concatenated.
-
-    Micrograph classes differ as much in texture, which mid-depth features
-    carry, as in the shapes the top of an ImageNet tower encodes; on NEU-DET's
-    val split 5-shot prototypes went from 0.87 (top only) to 0.92 with these
-    depths (a third, two thirds, and three blocks below the top).
-    """
+def depth_features(tower: VisionTower, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """Mean-pooled features [B, d] of three tower depths (a third, two thirds, three blocks below the top) and the top."""
     blocks = tower.blocks
     picks = sorted({len(blocks) // 3, 2 * len(blocks) // 3, len(blocks) - 3})
     levels: list[torch.Tensor] = []
@@ -206,12 +203,25 @@ def multi_depth_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Ten
     finally:
         for hook in hooks:
             hook.remove()
-    return torch.cat([F.normalize(f, dim=-1) for f in (*levels, top)], dim=-1)
+    return [*levels, top]
+
+
+@torch.no_grad()
+def multi_depth_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor:
+    """Head embedding [B, D]: ``depth_features``, each unit-length, concatenated.
+
+    Micrograph classes differ as much in texture, which mid-depth features
+    carry, as in the shapes the top of an ImageNet tower encodes; on NEU-DET's
+    val split 5-shot prototypes went from 0.87 (top only) to 0.92 with these
+    depths.
+    """
+    return torch.cat([F.normalize(f, dim=-1) for f in depth_features(tower, pixels)], dim=-1)
 
 
 @torch.no_grad()
 def few_shot_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor:
-    """``multi_depth_embedding`` [B, D] averaged over each image's four rotations and their mirror images.
+    """What prototypes compare [B, D]: Hellinger-normalised ``depth_features`` averaged over each image's four
+    rotations and their mirror images.
 
     A micrograph's class does not change when the stage or the scan is
     turned, but an ImageNet tower's features do; five support images per
@@ -219,10 +229,19 @@ def few_shot_embedding(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor
     eight views, NEU-DET 5-shot prototypes went from 0.922 to 0.945 on its
     val split and from 0.920 to 0.953 on its test split (mean of three
     support draws), for eight tower passes an image.
+
+    Each level keeps its positive part and takes its square root before it is
+    made unit-length (the Hellinger map, as in RootSIFT), so a few strong
+    channels no longer outweigh the rest in the cosine: NEU-DET 5-shot, mean
+    of ten support draws, val 0.954 → 0.965 and test 0.965 → 0.971 (0.948 →
+    0.957 and 0.939 → 0.953 with the stretch); the synthetic set's val 0.850 →
+    0.865 (2026-12-02).
     """
     views = dihedral_views(pixels)
     b = pixels.shape[0]
-    return multi_depth_embedding(tower, torch.cat(views)).view(len(views), b, -1).mean(dim=0)
+    levels = depth_features(tower, torch.cat(views))
+    embedded = torch.cat([F.normalize(f.clamp_min(0).sqrt(), dim=-1) for f in levels], dim=-1)
+    return embedded.view(len(views), b, -1).mean(dim=0)
 
 
 DIHEDRAL = 8
