@@ -24,10 +24,15 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def assistant(tiny_run):
-    """The tiny run loaded as an ``Assistant`` on the CPU, once per test module."""
+    """The tiny run loaded as an ``Assistant`` on the CPU in fp32, once per test module.
+
+    fp32 whatever the CPU: the tests compare its scores with plain fp32
+    forwards to 1e-5, which bf16 (``auto`` on AMX or AVX512-BF16 CPUs) rounds
+    beyond.
+    """
     import torch
 
     from slava.assistant import Assistant
 
     torch.set_num_threads(1)
-    return Assistant.load(tiny_run, device="cpu")
+    return Assistant.load(tiny_run, device="cpu", precision="fp32")

@@ -186,3 +186,39 @@ def test_a_number_the_loop_guard_would_cut_in_half_is_finished():
     numbers = NumberGuard({8: " 1", 9: "7", 11: "."}, [["17"]], VOCAB)
     out = _generate(lm, GenerationConfig(max_new_tokens=8, loop_ngram=2), numbers=numbers)
     assert out[:8] == [8, 9, 11, 8, 9, 11, 8, 9]
+
+
+def test_an_answer_cut_mid_sentence_ends_at_its_last_whole_sentence():
+    from slava.assistant.grounding import whole_sentences
+
+    cut = "Round particles on a flat support. The particles are a sphere, with a bright central"
+    assert whole_sentences(cut) == "Round particles on a flat support."
+    assert whole_sentences("The size is broad (polydisperse). Sizes of 12.5") == "The size is broad (polydisperse)."
+    assert whole_sentences('He said "round." Then the') == 'He said "round."'
+    # Finished answers, and fragments with no whole sentence before them, stay as they are.
+    assert whole_sentences("The grains are 12.5 nm across.  ") == "The grains are 12.5 nm across."
+    assert whole_sentences("Is it round? Yes!") == "Is it round? Yes!"
+    assert whole_sentences("About 12.5 nm") == "About 12.5 nm"
+
+
+def test_the_assistant_drops_the_sentence_the_decoder_cut(tiny_run, tmp_path):
+    import numpy as np
+
+    from slava.assistant import Assistant
+    from slava.measure.context import Context
+
+    assistant = Assistant.load(tiny_run)
+    micrograph = assistant.prepare(np.full((64, 64), 0.5, np.float32))
+    ids = assistant.tokenizer.encode("Round grains on a support. They are bright and")
+    answer = assistant._answer(micrograph, ids, GenerationConfig(max_new_tokens=64), Context(text=""), "", 0.0)
+    assert answer.text == "Round grains on a support." and answer.tokens == len(ids)
+
+
+def test_a_vanishing_nucleus_picks_greedys_token_when_bf16_logits_tie():
+    from slava.model.generate import _sample_top_p
+
+    logits = torch.zeros(1, 5000, dtype=torch.bfloat16)
+    logits[0, 3::3] = 2.0  # bf16 holds few digits: an unsure model's best tokens tie
+    generator = torch.Generator().manual_seed(0)
+    picks = {int(_sample_top_p(logits, 1e-6, 1.5, generator)) for _ in range(5)}
+    assert picks == {int(logits.argmax())} == {3}

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from slava.assistant.fewshot import SupportError, load_support, prototype_probs, prototypes
-from slava.assistant.grounding import KIND_NEEDS, grounded_answer, grounded_kind, without_unknown_lengths
+from slava.assistant.grounding import (KIND_NEEDS, grounded_answer, grounded_kind, whole_sentences,
+                                      without_unknown_lengths)
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
 from slava.data.numbers import invented_numbers, numbers_in
@@ -235,7 +236,9 @@ class Assistant:
         has it (the server counts prompt tokens with it), and ``tag`` its
         ``tag``; None computes them.
         On an image with no calibration, sentences stating a length in nm (which
-        the model can only invent) are replaced by a note saying so.
+        the model can only invent) are replaced by a note saying so. An answer
+        the decoder cut mid-sentence (a loop about to start, the token budget
+        spent) ends at its last whole sentence.
         """
         if config is None:
             config = GenerationConfig(max_new_tokens=128)
@@ -314,9 +317,10 @@ class Assistant:
 
     def _answer(self, micrograph: Micrograph, out: list[int], config: GenerationConfig, context: Context, asked: str,
                 latency: float, cancelled: bool = False) -> Answer:
-        """The ``Answer`` for generated tokens ``out``: text before any marker, calibration note, invented numbers."""
+        """The ``Answer`` for tokens ``out``: text before any marker, in whole sentences, calibrated, numbers checked."""
         finish = "cancelled" if cancelled else "length" if len(out) >= config.max_new_tokens else "stop"
-        text = self._calibrated_text(micrograph, self._before_markers(self.tokenizer.decode(out)).strip())
+        text = whole_sentences(self._before_markers(self.tokenizer.decode(out)).strip())
+        text = self._calibrated_text(micrograph, text)
         return Answer(
             text=text, tokens=len(out), latency_s=latency, finish_reason=finish,
             invented=tuple(invented_numbers(text, context.text, asked)), context=context.text,

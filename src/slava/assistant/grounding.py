@@ -66,6 +66,26 @@ def without_unknown_lengths(text: str) -> tuple[str, bool]:
     return " ".join([*kept, UNCALIBRATED_NOTE]).strip(), True
 
 
+_SENTENCE_END = re.compile(r"[.!?][)\"'”’]*(?=\s)")
+_CLOSERS = ")\"'”’"
+
+
+def whole_sentences(text: str) -> str:
+    """``text`` without a last sentence it never finished, when an earlier sentence is whole.
+
+    The teacher's answers are whole sentences, so the student's stop short
+    of a full stop only where the decoder cut them (a loop about to start,
+    the token budget spent), and a caption that breaks off mid-phrase ("a
+    sphere, with a bright central") reads as broken. An answer with no
+    finished sentence at all is kept: a fragment is still the answer.
+    """
+    stripped = text.rstrip()
+    if stripped.rstrip(_CLOSERS).endswith((".", "!", "?")):
+        return stripped
+    ends = list(_SENTENCE_END.finditer(stripped))
+    return stripped[: ends[-1].end()] if ends else stripped
+
+
 def grounded_kind(question: str) -> str | None:
     """The measurement that answers ``question``, or None when the model should answer it."""
     if _INSTRUMENT.search(question):

@@ -261,8 +261,9 @@ class StopStrings:
 
 
 def _sample_top_p(logits: torch.Tensor, top_p: float, temperature: float, generator) -> torch.Tensor:
-    probs = F.softmax(logits / max(temperature, 1e-5), dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
+    # In fp32 and a stable sort: bf16 logits tie often, and the nucleus's first token must be greedy's (argmax's first).
+    probs = F.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
     # Keep the smallest prefix whose mass reaches top_p (always at least one token).
     outside = sorted_p.cumsum(dim=-1) - sorted_p >= top_p
     sorted_p = sorted_p.masked_fill(outside, 0.0)
