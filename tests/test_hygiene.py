@@ -201,7 +201,7 @@ def test_an_answer_cut_mid_sentence_ends_at_its_last_whole_sentence():
     assert whole_sentences("About 12.5 nm") == "About 12.5 nm"
 
 
-def test_the_assistant_drops_the_sentence_the_decoder_cut(tiny_run, tmp_path):
+def test_the_assistant_drops_the_sentence_the_decoder_cut(tiny_run):
     import numpy as np
 
     from slava.assistant import Assistant

@@ -5,6 +5,8 @@ question is grounded when ``slava.teacher.prompts.measure_kind`` knows its
 exact wording, or when its words ask for a count or a size of something the
 toolkit measures (particles, fibres, pores, a pattern's pitch, the field).
 The answer states the measured numbers in nm, or in px without calibration.
+Generated answers get two text fixes here too: no length in nm on an
+uncalibrated image, and no sentence the decoder left unfinished.
 """
 
 from __future__ import annotations
