@@ -198,8 +198,28 @@ def test_generation_and_expert_usage_equal_the_hf_path(adapted, monkeypatch, str
 
     fast = run()
     assert model.generate(pix, prompts, config) == fast[0]  # sharing the prefix changes no token
-    monkeypatch.setattr(gen, "decoder_for", lambda lm: None)
+    monkeypatch.setattr(gen, "decoder_for", lambda lm, dtype: None)
     assert fast == run()
+
+
+def test_under_bf16_autocast_the_decoder_holds_bf16_weights_and_decodes_as_before(adapted, monkeypatch):
+    """bf16 copies made once compute what float32 copies cast down at every step computed, at half the memory."""
+    model, tok, pixels, prompt = adapted
+    config = GenerationConfig(MAX_NEW)
+    half = fast_llama.decoder_for(model.lm, torch.bfloat16)
+    assert fast_llama.decoder_for(model.lm, torch.bfloat16) is half
+    full = fast_llama.decoder_for(model.lm)  # another dtype: built anew
+    assert full is not half
+    pairs = list(zip(half.frozen(), full.frozen()))
+    assert all(h.weight.dtype == torch.bfloat16 and f.weight.dtype == torch.float32 for h, f in pairs)
+    assert sum(h.weight.nbytes for h, _ in pairs) * 2 == sum(f.weight.nbytes for _, f in pairs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model.generate(pixels, [prompt], config)
+        built = []
+        real = gen.decoder_for
+        monkeypatch.setattr(gen, "decoder_for", lambda lm, dtype: built.append(dtype) or real(lm))
+        assert model.generate(pixels, [prompt], config) == fast and built == [torch.bfloat16]
+    assert any(fast[0])
 
 
 def test_decoder_is_rebuilt_when_weights_or_rank_change(adapted):

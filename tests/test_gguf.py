@@ -243,7 +243,7 @@ def test_generation_and_scoring_equal_hf_on_the_gguf_shape(student, monkeypatch)
     conts = [model.tokenizer.encode("Round particles."), model.tokenizer.encode("Fibres."), [model.tokenizer.eos_id]]
     torch.testing.assert_close(model.score_continuations(embeds, prompt, conts),
                                plain_scores(model, embeds, prompt, conts), rtol=0, atol=1e-5)
-    monkeypatch.setattr(gen, "decoder_for", lambda lm: None)
+    monkeypatch.setattr(gen, "decoder_for", lambda lm, dtype: None)
     assert run() == fast
 
 

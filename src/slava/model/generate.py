@@ -30,6 +30,7 @@ from torch import nn
 
 from slava.data.repetition import loop_start
 from slava.model.fast_llama import Session, decoder_for
+from slava.model.quant import compute_dtype
 
 STRATEGIES = ("greedy", "beam", "top_p")
 
@@ -136,7 +137,8 @@ class _HFSteps:
 
 
 def _steps(lm: nn.Module, max_new: int) -> _HFSteps | Session:
-    decoder = decoder_for(lm)
+    # Weights in the dtype the linears compute in: under bf16 autocast, bf16 copies are not cast again every step.
+    decoder = decoder_for(lm, compute_dtype(lm.get_input_embeddings().weight))
     return _HFSteps(lm) if decoder is None else Session(decoder, max_new)
 
 
