@@ -317,7 +317,7 @@ class Assistant:
 
     def _answer(self, micrograph: Micrograph, out: list[int], config: GenerationConfig, context: Context, asked: str,
                 latency: float, cancelled: bool = False) -> Answer:
-        """The ``Answer`` for tokens ``out``: text before any marker, in whole sentences, calibrated, numbers checked."""
+        """The ``Answer`` for tokens ``out``: text before any marker, whole sentences, calibrated, numbers checked."""
         finish = "cancelled" if cancelled else "length" if len(out) >= config.max_new_tokens else "stop"
         text = whole_sentences(self._before_markers(self.tokenizer.decode(out)).strip())
         text = self._calibrated_text(micrograph, text)

@@ -122,7 +122,7 @@ class FrozenLinears:
 
 
 def decoder_bytes(lm: nn.Module) -> int:
-    """Bytes of the float32 copy of `lm`'s linear weights (head included) a `Decoder` would hold."""
+    """Bytes of the float32 copy of `lm`'s linear weights (head included) a `Decoder` would hold (half in bf16)."""
     linears = [m for m in lm.modules() if isinstance(m, (nn.Linear, QuantizedLinear))]
     return 4 * sum(m.in_features * m.out_features for m in linears)
 
@@ -178,7 +178,7 @@ class Decoder:
 
     @classmethod
     def build(cls, lm: nn.Module, dtype: torch.dtype = torch.float32) -> "Decoder | None":
-        """The decoder of `lm` with weights in ``dtype``, or None when `lm` is not a float32 Llama this class computes exactly."""
+        """The decoder of `lm` (weights in ``dtype``), or None for an LM this class does not compute exactly."""
         cfg = lm.config
         supported = (
             cfg.model_type == "llama"
@@ -320,7 +320,7 @@ def weights_key(lm: nn.Module) -> tuple | None:
 
 
 def decoder_for(lm: nn.Module, dtype: torch.dtype = torch.float32) -> Decoder | None:
-    """`lm`'s decoder with weights in ``dtype`` (None: unsupported), reused while its weights and ranks are unchanged."""
+    """`lm`'s decoder, weights in ``dtype`` (None: unsupported), reused while its weights and ranks are unchanged."""
     key = weights_key(lm)
     hit = _DECODERS.get(lm)
     if key is not None and hit is not None and hit[0] == (key, dtype):
