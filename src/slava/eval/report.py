@@ -77,7 +77,8 @@ def plot_robustness(robust: dict, path: Path) -> Path:
     ax.set_xticks(x, sets)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("macro-F1")
-    ax.legend(fontsize=8)
+    # Beside the axes: inside, it hid the first group's bars.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("classification under imaging shifts", fontsize=9)
     return _save(fig, path)
 
@@ -97,7 +98,7 @@ def plot_artefacts(arte: dict, clean: float | None, path: Path) -> Path:
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("macro-F1")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("the student's classification under instrument artefacts", fontsize=9)
     return _save(fig, path)
 
