@@ -201,13 +201,11 @@ def test_an_answer_cut_mid_sentence_ends_at_its_last_whole_sentence():
     assert whole_sentences("About 12.5 nm") == "About 12.5 nm"
 
 
-def test_the_assistant_drops_the_sentence_the_decoder_cut(tiny_run):
+def test_the_assistant_drops_the_sentence_the_decoder_cut(assistant):
     import numpy as np
 
-    from slava.assistant import Assistant
     from slava.measure.context import Context
 
-    assistant = Assistant.load(tiny_run)
     micrograph = assistant.prepare(np.full((64, 64), 0.5, np.float32))
     ids = assistant.tokenizer.encode("Round grains on a support. They are bright and")
     answer = assistant._answer(micrograph, ids, GenerationConfig(max_new_tokens=64), Context(text=""), "", 0.0)

@@ -68,8 +68,8 @@ def without_unknown_lengths(text: str) -> tuple[str, bool]:
     return " ".join([*kept, UNCALIBRATED_NOTE]).strip(), True
 
 
-_SENTENCE_END = re.compile(r"[.!?][)\"'”’]*(?=\s)")
 _CLOSERS = ")\"'”’"
+_SENTENCE_END = re.compile(rf"[.!?][{re.escape(_CLOSERS)}]*(?=\s)")
 
 
 def whole_sentences(text: str) -> str:
