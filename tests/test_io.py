@@ -316,6 +316,38 @@ def test_neu_images_are_not_cropped():
         assert m.data_bar is None and m.pixels.shape == (200, 200), f
 
 
+def test_row_statistics_of_the_bar_search_match_their_plain_forms():
+    from slava.io.databar import dominant_value, dominant_values
+    from slava.io.scalebar import _row_runs
+
+    def plain_dominant(values):
+        counts, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+        k = int(np.argmax(counts))
+        inside = values[(values >= edges[k]) & (values <= edges[k + 1])]
+        return float(np.median(inside)) if inside.size else float(edges[k])
+
+    rng = np.random.default_rng(3)
+    rows = rng.random((40, 97)).astype(np.float32)
+    rows[:10] = np.round(rows[:10] * 255) / 255  # 8-bit levels
+    rows[10:20, :60] = 0.5  # a band's flat background, on a bin edge
+    rows[20:25] = 1.0  # saturated
+    rows[25, :50] = -0.2  # out of range: not counted
+    expected = [plain_dominant(r) for r in rows]
+    assert dominant_values(rows).tolist() == expected
+    assert [dominant_value(r) for r in rows] == expected
+
+    fg = rng.random((30, 120)) < 0.6
+    fg[5, 10:90] = True  # a long stroke
+    fg[6, :] = True  # a frame line touching both edges
+    for min_len in (1, 8, 20):
+        for r, runs in enumerate(_row_runs(fg, min_len)):
+            padded = np.concatenate(([False], fg[r], [False])).astype(np.int8)
+            edges = np.flatnonzero(np.diff(padded))
+            plain = [(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist())
+                     if min_len <= b - a < 0.7 * 120 and a > 0 and b < 120]
+            assert runs == plain, (r, min_len)
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -12,7 +12,7 @@ from slava.model.loss import token_cross_entropy
 from slava.model.projector import Projector
 from slava.model.tokenizer import from_pretrained_dir, train_tokenizer
 from slava.model.towers import build_tower
-from slava.model.vlm import BaseMismatchError, SlavaModel, StageError
+from slava.model.vlm import BaseMismatchError, CheckpointError, SlavaModel, StageError
 
 CORPUS = ["USER: <image>\nWhat is shown?\nASSISTANT: Gold particles, about 30 nm across."] * 30
 VIT = VisionConfig(kind="vit", image_size=32, vit_patch=8, vit_dim=32, vit_layers=2, vit_heads=2)
@@ -262,6 +262,43 @@ def test_tower_runs_channels_last_with_the_default_layouts_values():
         tower.net.to(memory_format=torch.contiguous_format)
         plain = tower.net.extract_features(tower.preprocess(x).contiguous()).flatten(2).transpose(1, 2)
     assert torch.allclose(fast, plain, atol=1e-4)
+
+
+def test_inference_tower_folds_batch_norms_and_gives_the_same_features():
+    from slava.model import towers
+
+    tower = build_tower(VisionConfig(image_size=64)).eval()
+    keys = set(tower.state_dict())
+    fused = tower.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    # The original is untouched: its BatchNorms and state-dict keys are what runs save and fingerprint.
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules()) == 49 and set(tower.state_dict()) == keys
+    assert all(k in tower.state_dict() for k in ("net._bn0.running_var", "net._blocks.0._bn1.weight"))
+    x = torch.rand(5, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x), tower(x), atol=1e-4)
+        assert torch.allclose(towers.multi_depth_embedding(fused, x), towers.multi_depth_embedding(tower, x), atol=1e-5)
+    assert all(not p.requires_grad for p in fused.parameters())
+
+
+def test_depth_features_in_chunks_equal_one_pass(monkeypatch):
+    from slava.model import towers
+
+    tower = build_tower(VisionConfig(image_size=64)).eval()
+    x = torch.rand(5, 1, 64, 64)
+    whole = towers.depth_features(tower, x)
+    monkeypatch.setattr(towers, "TOWER_CHUNK", 2)
+    chunked = towers.depth_features(tower, x)
+    assert [f.shape for f in chunked] == [f.shape for f in whole] and len(whole) == 4
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(chunked, whole))
+
+
+def test_a_model_fused_for_inference_refuses_to_save(tok, tmp_path):
+    model = tiny_model(tok)
+    model.fuse_for_inference()
+    with pytest.raises(CheckpointError, match="fused for inference"):
+        model.save(tmp_path / "run")
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()
 
 
 def test_projector_pools_token_grid():

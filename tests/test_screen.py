@@ -42,6 +42,7 @@ def test_corrupt_files_become_error_rows(tiny_run, folder, tmp_path):
     frame = pd.read_csv(out)
     assert list(frame.columns) == list(COLUMNS)
     assert summary.total == len(frame) == 14 and summary.errors == 2
+    assert 0 < summary.row_seconds < summary.seconds and summary.rows_per_s > summary.images_per_s
     assert summary.precision == choose_precision("auto", "cpu").name
     assert list(frame["path"]) == sorted(frame["path"])
     bad = frame[frame["error"].notna()]
@@ -90,6 +91,22 @@ def test_ray_gives_the_same_rows_as_local(tiny_run, folder, tmp_path):
     assert local.processed == remote.processed == 14
     a, b = pd.read_csv(tmp_path / "local.csv"), pd.read_csv(tmp_path / "ray.csv")
     assert comparable(a) == comparable(b)
+
+
+def test_worker_batches_hold_what_decoding_in_process_gives(folder):
+    import numpy as np
+
+    from slava.assistant.screen import decode_one, decoded_batches, list_images
+
+    jobs = [(str(folder), rel, 32, True) for rel in list_images(folder)]
+    pooled = list(decoded_batches(jobs, 2, 5))
+    assert [len(b) for b in pooled] == [5, 5, 4]
+    serial = [decode_one(job) for job in jobs]
+    for got, want in zip((row for b in pooled for row in b), serial):
+        assert got.keys() == want.keys() and got["path"] == want["path"]
+        if "pixels" in want:
+            assert np.array_equal(got.pop("pixels"), want.pop("pixels"))
+        assert got == want
 
 
 def test_screen_command(tiny_run, folder, tmp_path):

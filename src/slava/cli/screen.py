@@ -42,14 +42,15 @@ def run(args: argparse.Namespace) -> int:
                ray_address=args.ray, batch_size=args.batch_size, max_images=args.max_images,
                with_measure=not args.no_measure, progress=not args.no_progress, precision=args.precision)
     summary = {"total": s.total, "processed": s.processed, "skipped": s.skipped, "errors": s.errors,
-               "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_s, 1), "out": s.out, "html": s.html,
+               "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_s, 1),
+               "rows_per_s": round(s.rows_per_s, 1), "out": s.out, "html": s.html,
                "labels": s.labels, "precision": s.precision, "method": s.method}
     if args.json:
         print(json.dumps(summary))
     else:
         done = "finished" if s.html or s.processed + s.skipped >= s.total else "unfinished (rerun to resume)"
         print(f"{s.processed} screened, {s.skipped} already done, {s.errors} unreadable of {s.total} images "
-              f"({s.images_per_s:.1f} img/s); {done}")
+              f"({s.images_per_s:.1f} img/s; {s.rows_per_s:.1f} img/s once the run was loaded); {done}")
         print(f"  table: {s.out}" + (f"\n  summary: {s.html}" if s.html else ""))
         print(f"  labels: {', '.join(s.labels)}  precision: {s.precision}  method: {s.method or '-'}")
     return 0

@@ -22,7 +22,7 @@ CLASSES: tuple[str, ...] = (
 """Class ids, in the order the synthetic generator seeds them."""
 
 CLASS_NAMES: dict[str, str] = {
-    "biological": "biological",
+    "biological": "biological cells",
     "fibres": "fibres",
     "films_coated_surfaces": "films and coated surfaces",
     "mems_devices_electrodes": "MEMS devices and electrodes",

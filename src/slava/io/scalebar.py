@@ -28,10 +28,22 @@ class ScaleBar:
     box: tuple[int, int, int, int]
 
 
-def _runs(row: np.ndarray) -> list[tuple[int, int]]:
-    padded = np.concatenate(([False], row, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+def _row_runs(fg: np.ndarray, min_len: int) -> list[list[tuple[int, int]]]:
+    """Per row of ``fg``, its foreground runs (start, stop) at least ``min_len`` long, shorter than a
+    frame line and touching neither side edge."""
+    h, width = fg.shape
+    padded = np.zeros((h, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = fg
+    step = np.diff(padded, axis=1)
+    # Row-major order pairs each row's starts with its stops.
+    rows, starts = np.nonzero(step == 1)
+    stops = np.nonzero(step == -1)[1]
+    length = stops - starts
+    keep = (length >= min_len) & (length < MAX_RUN_FRACTION * width) & (starts > 0) & (stops < width)
+    runs: list[list[tuple[int, int]]] = [[] for _ in range(h)]
+    for r, a, b in zip(rows[keep].tolist(), starts[keep].tolist(), stops[keep].tolist()):
+        runs[r].append((a, b))
+    return runs
 
 
 def _column_extent(fg: np.ndarray, col: int, rows: range) -> int:
@@ -57,8 +69,7 @@ def _segments(fg: np.ndarray, min_len: int) -> list[tuple[int, int, int, int]]:
     last row, is a frame or table line, not a scale bar.
     """
     h, width = fg.shape
-    runs = [[(a, b) for a, b in _runs(fg[r]) if min_len <= b - a < MAX_RUN_FRACTION * width and a > 0 and b < width]
-            for r in range(h)]
+    runs = _row_runs(fg, min_len)
     segments = []
     for r in range(h):
         for start, stop in runs[r]:

@@ -29,10 +29,17 @@ def pooled_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 def head_features(model, pixels: torch.Tensor, features: str) -> torch.Tensor:
     """The feature [B, D] a head of kind ``features`` reads, for model inputs [B,1,S,S] (one tower forward)."""
+    return tower_head_features(model.tower, pixels, features)
+
+
+def tower_head_features(tower, pixels: torch.Tensor, features: str) -> torch.Tensor:
+    """``head_features`` from a vision tower itself (such as its inference copy, ``VisionTower.for_inference``)."""
+    from slava.model.towers import multi_depth_embedding
+
     if features == "pooled":
-        return pooled_tokens(model.tower(pixels))
+        return pooled_tokens(tower(pixels))
     if features == "multi_depth":
-        return model.image_embedding(pixels).float()
+        return multi_depth_embedding(tower, pixels).float()
     raise ValueError(f"unknown head features {features!r} (one of {', '.join(FEATURES)})")
 
 

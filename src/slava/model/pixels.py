@@ -25,6 +25,23 @@ NOISE_THRESHOLD = 0.06
 image's (at most 0.057 at 160 px; resizing to the tower's size has averaged part of the noise away)."""
 
 
+def tail_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(flat, q, dim=1)`` (linear interpolation) of rows [B, N], from the rows' smallest or
+    largest few values: a top-k of 0.5 % of a row costs a tenth of the sort ``torch.quantile`` does
+    (4.8 vs 45 ms for 64 images of 160², Xeon, 2 threads)."""
+    n = flat.shape[1]
+    pos = q * (n - 1)
+    below, above = math.floor(pos), math.ceil(pos)
+    if q <= 0.5:
+        ascending = flat.topk(above + 1, dim=1, largest=False).values
+        low, high = ascending[:, below], ascending[:, above]
+    else:
+        # Descending: the value at ascending rank i sits at n - 1 - i.
+        descending = flat.topk(n - below, dim=1).values
+        low, high = descending[:, n - 1 - below], descending[:, n - 1 - above]
+    return torch.lerp(low, high, pos - below)
+
+
 def robust_stretch(pixels: torch.Tensor) -> torch.Tensor:
     """Each image of [B, 1, H, W] stretched so its 0.5th and 99.5th percentiles become 0 and 1, then clipped.
 
@@ -33,8 +50,7 @@ def robust_stretch(pixels: torch.Tensor) -> torch.Tensor:
     then reaches the tower as an 8-bit export of the same frame would.
     """
     flat = pixels.flatten(1).float()
-    q = torch.quantile(flat, torch.tensor([p / 100 for p in STRETCH_PERCENTILES], dtype=flat.dtype), dim=1)
-    lo, hi = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
+    lo, hi = (tail_quantile(flat, p / 100).view(-1, 1, 1, 1) for p in STRETCH_PERCENTILES)
     return ((pixels - lo) / (hi - lo).clamp_min(1e-3)).clamp(0.0, 1.0)
 
 

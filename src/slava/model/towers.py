@@ -7,6 +7,7 @@ so the top N can be unfrozen, and `grid` (tokens per side) for pooling.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from pathlib import Path
@@ -56,6 +57,11 @@ class VisionTower(nn.Module):
         """Tokens [B, grid², dim] of grey micrographs [B,1,H,W] in [0,1]."""
         return self._encode(self.preprocess(pixels))
 
+    def for_inference(self) -> "VisionTower":
+        """The tower to run where nothing trains: the same tokens up to rounding, in less time where a
+        tower knows how (``EfficientNetLite0Tower``); this one itself otherwise."""
+        return self
+
     def set_trainable(self, top_blocks: int) -> None:
         """Freeze the tower except its top `top_blocks` blocks (all of it, stem included, when ≥ its depth)."""
         self.requires_grad_(top_blocks >= len(self.blocks))
@@ -99,6 +105,46 @@ class EfficientNetLite0Tower(VisionTower):
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)
+
+    def for_inference(self) -> "EfficientNetLite0Tower":
+        """A frozen copy with each BatchNorm folded into the convolution before it, and each symmetric
+        "same" padding done by its convolution instead of a separate pad.
+
+        The network is in inference mode throughout, so its BatchNorms are
+        fixed affine maps; folded, they cost nothing. Tokens agree with the
+        original within float rounding. 64 images at 160 px, 2 threads, Xeon
+        with AMX, 2026-12-03: 89 → 172 images/s in fp32, 188 → 257 in bf16.
+        """
+        tower = copy.deepcopy(self)
+        net = tower.net
+        pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+        for block in net._blocks:
+            pairs += [(block, conv, bn) for conv, bn in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                                                         ("_project_conv", "_bn2")) if hasattr(block, conv)]
+        for owner, conv, bn in pairs:
+            _fold_batch_norm(getattr(owner, conv), getattr(owner, bn))
+            setattr(owner, bn, nn.Identity())
+        for module in net.modules():
+            # Each activation follows a convolution whose output nothing else reads.
+            if isinstance(module, nn.ReLU6):
+                module.inplace = True
+        tower.blocks = list(net._blocks) + [nn.ModuleList([net._conv_head, net._bn1])]
+        return tower.requires_grad_(False)
+
+
+def _fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold inference-mode ``bn`` into ``conv`` (which runs before it), in place; move a symmetric static pad into it."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    conv.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach(), requires_grad=False)
+    conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    pad = getattr(conv, "static_padding", None)
+    if isinstance(pad, nn.ZeroPad2d):
+        left, right, top, bottom = pad.padding
+        if left == right and top == bottom:
+            conv.padding, conv.static_padding = (top, left), nn.Identity()
 
 
 class HFVisionTower(VisionTower):
@@ -191,9 +237,20 @@ def _pooled(out) -> torch.Tensor:
     return out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float().mean(dim=1)
 
 
+TOWER_CHUNK = 16
+"""Images per tower pass in ``depth_features``: a pass over 8–16 images at 160 px ran 1.3–1.5× faster per
+image than one over 64 (fused tower, 2 threads, Xeon with AMX, bf16 and fp32, 2026-12-03), its activations
+staying in cache and small enough for the allocator to reuse."""
+
+
 @torch.no_grad()
 def depth_features(tower: VisionTower, pixels: torch.Tensor) -> list[torch.Tensor]:
     """Mean-pooled features [B, d] of three tower depths (a third, two thirds, three blocks below the top) and the top."""
+    parts = [_depth_features(tower, part) for part in pixels.split(TOWER_CHUNK)]
+    return [torch.cat(level) for level in zip(*parts)]
+
+
+def _depth_features(tower: VisionTower, pixels: torch.Tensor) -> list[torch.Tensor]:
     blocks = tower.blocks
     picks = sorted({len(blocks) // 3, 2 * len(blocks) // 3, len(blocks) - 3})
     levels: list[torch.Tensor] = []

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -71,8 +72,9 @@ class VLMOutput:
     z_loss: torch.Tensor
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as a uint8 array sharing its memory where it can: hashed without a copy."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 class SlavaModel(nn.Module):
@@ -91,7 +93,15 @@ class SlavaModel(nn.Module):
         """sha256 of the GGUF file the LM was converted from (kind ``gguf``), else None."""
         self._number_pieces: dict[int, str] | None = None
         """The tokens that write numbers (``number_pieces``), found on first use."""
+        self.inference_only = False
+        """Set by ``fuse_for_inference``: ``save`` then refuses."""
         self.requires_grad_(False)
+
+    def fuse_for_inference(self) -> None:
+        """Run the tower's inference copy (``VisionTower.for_inference``) from now on: faster, and the model
+        can no longer be saved (its tower's tensors are no longer the base's)."""
+        self.tower = self.tower.for_inference()
+        self.inference_only = True
 
     @classmethod
     def build(cls, cfg: ModelConfig, tokenizer: SlavaTokenizer) -> "SlavaModel":
@@ -288,6 +298,9 @@ class SlavaModel(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         """Write config.json, tokenizer, adapter.safetensors and (LM trained here) base.safetensors."""
+        if self.inference_only:
+            raise CheckpointError("this model was fused for inference (fuse_for_inference) and cannot be saved; "
+                                  "save the model as it was loaded or trained")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()

@@ -117,6 +117,8 @@ def adapt(run: str | Path, images: str | Path, out: str | Path, augment: int = 3
         by_split.setdefault(e.split, {})[e.path] = e.label
 
     model = SlavaModel.load(run).eval()
+    # Only the head is refitted: the tower's faster inference copy gives the same features.
+    model.fuse_for_inference()
     train = by_split["train"]
     old = run / HEAD_FILE
     cfg = HeadConfig(augment=augment, tags=load_head(old).tags if old.is_file() else False, turns=True)

@@ -453,11 +453,13 @@ class Trainer:
         copies = range(aug.variants if aug.enabled else 1)
         keys = {(e.image, v) for e in train_ex for v in copies} | {(e.image, 0) for e in val_ex}
         todo = sorted(keys - set(self.features))
+        # Frozen here, so its inference copy gives the same tokens in less time.
+        tower = model.tower.for_inference() if todo else None
         for i in range(0, len(todo), 32):
             chunk = todo[i : i + 32]
             pixels = torch.stack([self._view(*key) for key in chunk]).to(self.info.device)
             with autocast:
-                out = model.tower(pixels)
+                out = tower(pixels)
             self.features.update(zip(chunk, out.unbind(0)))
         return self.features
 
@@ -535,16 +537,16 @@ class Trainer:
         return True
 
     @torch.no_grad()
-    def _head_features(self, model, images: list[str], kind: str,
+    def _head_features(self, tower, images: list[str], kind: str,
                        memo: dict[tuple[str, int, int], torch.Tensor] | None = None, variant: int = 0,
                        turn: int = 0) -> torch.Tensor:
         """The head's features of one copy of each image (0: the clean one, ``_view``), in view ``turn`` of
         ``towers.dihedral_view`` (0: as it is): the cached tower output where training kept it, else one
-        tower forward.
+        forward of ``tower`` (the model's tower's inference copy: nothing trains here).
 
         ``memo`` ((image, copy, turn) → feature) keeps what was computed for a later call with the same frozen tower.
         """
-        from slava.model.class_head import head_features, pooled_tokens
+        from slava.model.class_head import pooled_tokens, tower_head_features
         from slava.model.towers import dihedral_view
 
         if kind == "pooled" and turn == 0 and all((im, variant) in self.features for im in images):
@@ -556,7 +558,7 @@ class Trainer:
             chunk = todo[i : i + 32]
             pixels = torch.stack([dihedral_view(self._view(im, v), t) for im, v, t in chunk]).to(self.info.device)
             with self.precision.autocast(self.info.device.type):
-                memo.update(zip(chunk, head_features(model, pixels, kind).float().cpu().unbind(0)))
+                memo.update(zip(chunk, tower_head_features(tower, pixels, kind).float().cpu().unbind(0)))
         return torch.stack([memo[k] for k in keys])
 
     def _fitted_head(self, model, memo: dict[tuple[str, int, int], torch.Tensor] | None = None):
@@ -576,13 +578,14 @@ class Trainer:
         start = time.perf_counter()
         views = DIHEDRAL if cfg.turns else 1
         copies = [(0, t) for t in range(views)] + [(v, 0) for v in range(1, cfg.augment + 1)]
-        feats = torch.cat([self._head_features(model, list(train), cfg.features, memo, v, t) for v, t in copies])
+        tower = model.tower.for_inference()
+        feats = torch.cat([self._head_features(tower, list(train), cfg.features, memo, v, t) for v, t in copies])
         head = fit_head(feats, list(train.values()) * len(copies), cfg, self.recipe.seed)
         out = {"file": HEAD_FILE, "kind": head.kind, "features": head.features, "labels": head.labels,
                "train_images": len(train), "views": views, "degraded_copies": cfg.augment}
         val = {im: c for im, c in self._classed_images(self.val_records).items() if c in head.labels}
         if val:
-            f1 = head_macro_f1(head, self._head_features(model, list(val), cfg.features, memo), list(val.values()))
+            f1 = head_macro_f1(head, self._head_features(tower, list(val), cfg.features, memo), list(val.values()))
             out.update(val_images=len(val), val_macro_f1=round(f1, 4))
         out["fit_s"] = round(time.perf_counter() - start, 2)
         log.info("classification head (%s on %s features): %s", head.kind, head.features,
@@ -599,10 +602,11 @@ class Trainer:
         if self.head is None:
             raise SlavaError("head.tags needs a classification head: enable it, with records naming at least two "
                              "classes (meta.class)")
+        tower = model.tower.for_inference()
         for which in ("train_records", "val_records"):
             records = getattr(self, which)
             images = sorted({im for r in records if r.get("image") and self._readable(im := resolve_image(r, self.root))})
-            feats = self._head_features(model, images, self.head.features, memo) if images else None
+            feats = self._head_features(tower, images, self.head.features, memo) if images else None
             tags = dict(zip(images, image_tags(self.head, feats))) if images else {}
             setattr(self, which, tag_records(records, tags, self.root))
         log.info("image prompts tagged with the head's class (%d training records)", len(self.train_records))
