@@ -5,7 +5,7 @@
 
 Every variant classifies with the run's head: logistic regression on
 EfficientNet-Lite0's multi-depth embedding at 160 px, as recipes/smol-cpu.yaml
-does, fitted on the synthetic train split (400 images, seed 0, the demo's set,
+does, fitted on the synthetic train split (700 images, seed 0, the demo's set,
 written here unless --data names a set). Variants:
 - plain: the head on clean images only;
 - stretch: ``vision.stretch`` (robust contrast stretch before the tower);
@@ -147,6 +147,7 @@ def synthetic(data: Path, selection: Path, real: Path | None, variants: dict, to
         tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
         if v.get("train_tower"):
             train_tower(tower, train_px, y_train, seed)
+        tower = tower.for_inference()
         views = [[dihedral_view(p, k) for p in train_px] for k in range(DIHEDRAL if v.get("turns") else 1)]
         copies = views + [[degrade(p, variant_seed(seed, it.image, k)) for it, p in zip(train, train_px)]
                           for k in range(1, v["augment"] + 1)]
@@ -172,7 +173,7 @@ def neu(folder: Path, variants: dict, per_class: int, shots: int = 5) -> dict:
     for name, v in variants.items():
         if v["augment"] or v.get("turns"):
             continue  # prototypes have no head to augment
-        tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
+        tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).for_inference()
         support_pixels = {c: [to_model_pixels(load_micrograph(it.image, read_bar=False).pixels, SIZE) for it in s]
                           for c, s in support.items()}
         for suffix, embedding in VIEWS.items():
@@ -191,7 +192,7 @@ def lung_cells(folder: Path, variants: dict) -> dict:
     for name, v in variants.items():
         if v["augment"] or v.get("turns"):
             continue
-        tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).eval()
+        tower = build_tower(VisionConfig(image_size=SIZE, stretch=v["stretch"], denoise=v["denoise"])).for_inference()
         pixels = [to_model_pixels(load_micrograph(folder / r["image"], read_bar=False).pixels, SIZE) for r in rows]
         for suffix, embedding in VIEWS.items():
             emb = embed(tower, pixels, embedding)
@@ -225,7 +226,7 @@ def _table(results: dict, split: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="synthetic set (default: 400 images written here)")
+    parser.add_argument("--data", type=Path, default=None, help="synthetic set (default: 700 images written here, as the demo)")
     parser.add_argument("--real", type=Path, default=SHARED / "real-sem")
     parser.add_argument("--neu", type=Path, default=SHARED / "neu-det" / "images")
     parser.add_argument("--lung", type=Path, default=SHARED / "real-sem" / "fei-lung-cells")
@@ -247,7 +248,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             from slava.synth import write_dataset
 
-            data = args.data or write_dataset(Path(tmp) / "synth", 400, size=256, seed=0, overwrite=True)
+            data = args.data or write_dataset(Path(tmp) / "synth", 700, size=256, seed=0, overwrite=True)
             selection = write_dataset(Path(tmp) / "selection", 200, size=256, seed=1, overwrite=True)
             print("\nsynthetic sets: macro-F1 of the head")
             results["synthetic"] = synthetic(data, selection, args.real if args.real.is_dir() else None, VARIANTS,
