@@ -12,8 +12,9 @@ written here unless --data names a set). Variants:
 - stretch+denoise: and ``vision.denoise``;
 - stretch+aug1: and the head fitted on one degraded copy of each training image too
   (``head.augment: 1, c: 0.1``);
-- stretch+aug1+turns: and on each clean training image's eight turned and mirrored
-  views (``head.turns``, what smol-cpu ships);
+- stretch+turns: the head on each clean training image's eight turned and mirrored
+  views (``head.turns``), no degraded copy, ``c: 0.1``;
+- stretch+aug1+turns: and on one degraded copy too (what smol-cpu ships);
 - stretch+aug4: four copies, ``c: 0.03``;
 - tower+aug (--train-tower): the top 3 tower blocks first trained for 4 epochs on
   the classes with degraded copies (a tower that learns), then as stretch+aug1.
@@ -62,6 +63,7 @@ VARIANTS = {
     "stretch": dict(stretch=True, denoise=False, augment=0, c=1.0),
     "stretch+denoise": dict(stretch=True, denoise=True, augment=0, c=1.0),
     "stretch+aug1": dict(stretch=True, denoise=False, augment=1, c=0.1),
+    "stretch+turns": dict(stretch=True, denoise=False, augment=0, c=0.1, turns=True),
     "stretch+aug1+turns (shipped)": dict(stretch=True, denoise=False, augment=1, c=0.1, turns=True),
     "stretch+aug4": dict(stretch=True, denoise=False, augment=4, c=0.03),
 }
