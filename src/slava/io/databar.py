@@ -62,22 +62,26 @@ SEPARATOR_CONTRAST = 0.15
 CONTENT_CONTRAST = 0.3
 
 
+def _dominant_bins(rows: np.ndarray) -> np.ndarray:
+    """Index of each row's most common bin of the 64 of [0, 1] (the last one closed, as np.histogram's)."""
+    n = rows.shape[0]
+    inside = (rows >= 0) & (rows <= 1)
+    # int32 codes: a third of int64's conversion time on a wide band.
+    codes = np.minimum(np.where(inside, rows * 64, 0).astype(np.int32), 63) + (64 * np.arange(n, dtype=np.int32))[:, None]
+    counts = np.bincount(codes.ravel() if inside.all() else codes[inside], minlength=64 * n).reshape(n, 64)
+    return counts.argmax(axis=1)
+
+
 def dominant_values(rows: np.ndarray) -> np.ndarray:
     """``dominant_value`` of each row of ``rows`` [N, W], in one pass (no Python loop over rows)."""
     rows = np.asarray(rows)
-    n = rows.shape[0]
-    scaled = rows * 64
-    inside = (rows >= 0) & (rows <= 1)
-    # The 64 bins of [0, 1], the last one closed (as np.histogram's).
-    bins = np.minimum(np.where(inside, scaled, 0).astype(np.int64), 63)
-    counts = np.bincount((bins + 64 * np.arange(n)[:, None])[inside], minlength=64 * n).reshape(n, 64)
-    k = counts.argmax(axis=1)
+    k = _dominant_bins(rows)
     lo_edge, hi_edge = (k / 64).astype(rows.dtype), ((k + 1) / 64).astype(rows.dtype)
     # The bin's values are one contiguous stretch of each sorted row: its middle is their median.
     ordered = np.sort(rows, axis=1)
     start = (ordered < lo_edge[:, None]).sum(axis=1)
     count = (ordered <= hi_edge[:, None]).sum(axis=1) - start
-    r = np.arange(n)
+    r = np.arange(rows.shape[0])
     low = ordered[r, np.minimum(start + np.maximum(count - 1, 0) // 2, rows.shape[1] - 1)]
     high = ordered[r, np.minimum(start + count // 2, rows.shape[1] - 1)]
     middle = (low + high) / np.asarray(2, dtype=ordered.dtype)
@@ -86,7 +90,11 @@ def dominant_values(rows: np.ndarray) -> np.ndarray:
 
 def dominant_value(values: np.ndarray) -> float:
     """The most common grey value (64 bins), refined to the median of its bin."""
-    return float(dominant_values(np.asarray(values).reshape(1, -1))[0])
+    flat = np.asarray(values).ravel()
+    # One array needs no sort (``dominant_values``' way for many rows): the median of its bin's values.
+    k = int(_dominant_bins(flat[None])[0])
+    inside = flat[(flat >= k / 64) & (flat <= (k + 1) / 64)]
+    return float(np.median(inside)) if inside.size else k / 64
 
 
 def _separator_rows(pixels: np.ndarray, band_top: int) -> int:

@@ -92,7 +92,7 @@ class EfficientNetLite0Tower(VisionTower):
         self.dim, self.channels = 1280, 3
         self.grid = -(-self.image_size // 32)
         self._set_norm([0.5] * 3, [0.5] * 3)
-        self.blocks = list(self.net._blocks) + [nn.ModuleList([self.net._conv_head, self.net._bn1])]
+        self.blocks = self._blocks_of(self.net)
         # On CPU the tower runs 1.5x faster in channels-last layout (28 vs 43 ms an image at 160 px, side by side,
         # AMD EPYC AVX2, 2 cores) with the same values; saving and fingerprints copy to the default layout.
         self.net.to(memory_format=torch.channels_last)
@@ -105,6 +105,11 @@ class EfficientNetLite0Tower(VisionTower):
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)
+
+    @staticmethod
+    def _blocks_of(net: nn.Module) -> list[nn.Module]:
+        """The blocks ``set_trainable`` counts, bottom to top: the MBConv blocks, then the head conv with its norm."""
+        return list(net._blocks) + [nn.ModuleList([net._conv_head, net._bn1])]
 
     def for_inference(self) -> "EfficientNetLite0Tower":
         """A frozen copy with each BatchNorm folded into the convolution before it, each symmetric
@@ -131,7 +136,7 @@ class EfficientNetLite0Tower(VisionTower):
             # Each activation follows a convolution whose output nothing else reads.
             if isinstance(module, nn.ReLU6):
                 module.inplace = True
-        tower.blocks = list(net._blocks) + [nn.ModuleList([net._conv_head, net._bn1])]
+        tower.blocks = self._blocks_of(net)
         return tower.requires_grad_(False)
 
 
