@@ -71,6 +71,20 @@ def test_conversion_reproduces_the_weights_and_later_loads_read_the_cache(ggufs,
     assert [p.name for p in base.directory.parent.iterdir() if ".tmp-" in p.name] == []
 
 
+def test_the_added_image_token_changes_no_old_tokens_output(ggufs):
+    path, reference = ggufs[0]
+    tok = _tokenizer(path)
+    lm = build_language_model(LMConfig(kind="gguf", path=str(path)), tok).eval()
+    old = reference.config.vocab_size
+    assert tok.vocab_size == old + 1 and lm.config.vocab_size == tok.vocab_size
+    assert lm.lm_head.weight is lm.get_input_embeddings().weight and lm.lm_head.out_features == tok.vocab_size
+    ids = torch.tensor([[3, 17, 42, old - 1, 5]])
+    with torch.no_grad():
+        got, want = lm(ids).logits, reference.eval()(ids).logits
+    assert got.shape[-1] == tok.vocab_size
+    assert torch.allclose(got[..., :old], want, atol=1e-5) and torch.count_nonzero(got[..., old:]) == 0
+
+
 def test_a_crash_mid_conversion_leaves_nothing_and_a_rerun_converts(ggufs, tmp_path, monkeypatch):
     path, _ = ggufs[0]
     real = gguf_base._convert

@@ -74,18 +74,36 @@ def build_language_model(cfg: LMConfig, tokenizer: SlavaTokenizer) -> nn.Module:
     else:
         path = pretrained_dir(cfg)
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    old = model.get_input_embeddings().weight.shape[0]
-    if tokenizer.vocab_size > old:
-        from transformers.initialization import no_init_weights
-
-        # The new rows are zeroed below: sampling the whole new table first took 0.3 s of every load.
-        with no_init_weights():
-            model.resize_token_embeddings(tokenizer.vocab_size, mean_resizing=False)
-        with torch.no_grad():
-            model.get_input_embeddings().weight[old:].zero_()
-            head = model.get_output_embeddings()
-            if head is not None and head.weight is not model.get_input_embeddings().weight:
-                head.weight[old:].zero_()
+    if tokenizer.vocab_size > model.get_input_embeddings().weight.shape[0]:
+        _grow_vocabulary(model, tokenizer.vocab_size)
     if sha is not None:
         setattr(model, GGUF_SHA256, sha)
     return model
+
+
+def _grow_vocabulary(model, vocab_size: int) -> None:
+    """Add zero rows to ``model``'s token table (and its head, tied or not) up to ``vocab_size``.
+
+    A new token's zero embedding and zero logit row leave every old token's
+    output unchanged. transformers' ``resize_token_embeddings`` first samples
+    the whole new table at random (0.4 s of every load, even under its
+    ``no_init_weights``), only for the rows to be overwritten.
+    """
+    embeddings = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is embeddings.weight
+    with torch.no_grad():
+        grown = _grown(embeddings.weight, vocab_size)
+        model.set_input_embeddings(torch.nn.Embedding.from_pretrained(grown, freeze=False, padding_idx=embeddings.padding_idx))
+        if head is not None:
+            head.weight = model.get_input_embeddings().weight if tied else torch.nn.Parameter(_grown(head.weight, vocab_size))
+            head.out_features = vocab_size
+    model.config.get_text_config().vocab_size = vocab_size
+    model.vocab_size = vocab_size
+
+
+def _grown(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` with zero rows appended up to ``rows``."""
+    out = torch.zeros(rows, *weight.shape[1:], dtype=weight.dtype, device=weight.device)
+    out[: weight.shape[0]] = weight
+    return out
