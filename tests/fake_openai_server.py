@@ -9,7 +9,8 @@ Behaviours: ``"ok"``, ``("429", retry_after)`` (seconds, or an HTTP-date
 string), ``"500"``, ``"hang"`` (sleeps ``hang_s``, past the client timeout),
 ``"malformed"`` (content is not JSON), ``"wrong_schema"`` (JSON without the
 asked-for keys), ``"absurd"`` (negative count, size far past the field),
-``"unknown_family"``, ``"invented"`` (a caption stating a number the image context does not hold).
+``"unknown_family"``, ``"invented"`` (a caption stating a number the image context does not hold),
+``"misplaced"`` (a caption stating the context's pixel size as the field's width).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def _bad_content(kind: str, body: dict) -> str:
         answer["measurements"] = {"feature": "particles", "count": -4, "mean_size_nm": 1e12}
     elif kind == "invented":
         answer["caption"] = "Round particles, about 7777 nm across."
+    elif kind == "misplaced":
+        pixel = re.search(r"Measured: pixel ([\d.]+) nm", next(p["text"] for p in body["messages"][1]["content"]
+                                                             if p["type"] == "text"))
+        answer["caption"] = f"Round particles; the image spans {pixel[1]} nm."
     elif kind == "unknown_family":
         answer["qa"] = [{"family": "astrology", "question": "What sign?", "answer": "Leo."}]
     return json.dumps(answer)

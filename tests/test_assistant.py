@@ -259,7 +259,7 @@ def test_an_images_context_is_measured_once_and_again_when_it_changes(tiny_run, 
 def test_generated_answers_are_clean_and_flag_invented_numbers(assistant, images):
     """Hygiene on a real tiny run: no role marker, no 4-gram three times, max_new_tokens kept, numbers checked."""
     from slava.data.chat import role_markers
-    from slava.data.numbers import invented_numbers
+    from slava.data.numbers import invented_numbers, misplaced_numbers
     from slava.eval.metrics import has_loop, marker_count
     from slava.teacher.prompts import QUESTIONS
 
@@ -272,6 +272,7 @@ def test_generated_answers_are_clean_and_flag_invented_numbers(assistant, images
             assert marker_count(answer.text, assistant.markers) == 0, answer.text
             assert not has_loop(answer.text), answer.text
             assert answer.invented == tuple(invented_numbers(answer.text, answer.context, question))
+            assert answer.misplaced == tuple(misplaced_numbers(answer.text, answer.context, question))
             assert answer.context and answer.context.startswith("Measured: ")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slava.data.chat import ChatFormatError, question_of, split_human, user_turn
-from slava.data.numbers import format_number, invented_numbers, numbers_in
+from slava.data.numbers import format_number, invented_numbers, misplaced_numbers, numbers_in
 from slava.io.micrograph import Micrograph
 from slava.measure.context import image_context, micrograph_context, needs_bar
 from slava.measure.record import FibreStats, Measurements, ParticleStats, PeriodicityStats, PoreStats
@@ -77,6 +77,23 @@ def test_invented_numbers_catches_a_planted_number_and_passes_context_numbers():
     assert invented_numbers("Three particles, seen with the SE2 detector.", ctx, question) == []
     assert invented_numbers("It spans 1250.5 nm.", ctx, question) == ["1250.5"]
     assert invented_numbers("Imaged at 10 kV.", ctx, "Was it 10 kV?") == []
+
+
+def test_misplaced_numbers_catches_a_context_number_on_the_wrong_quantity():
+    ctx = image_context(_measurements(instrument={"magnification": 50000.0})).text
+    assert "pixel 2.44 nm" in ctx and "field 1250 nm wide" in ctx and "cover 23.1 %" in ctx
+    fine = "The image spans 1250 nm at a pixel size of 2.44 nm: 37 particles, mean 41.3 nm, cover 23.1 % at 50000x."
+    assert misplaced_numbers(fine, ctx) == [] and invented_numbers(fine, ctx) == []
+    assert misplaced_numbers("The particles cover 41.3 % of the field.", ctx) == ["41.3"]  # the mean size as a share
+    assert misplaced_numbers("The image spans 2.44 nm.", ctx) == ["2.44"]  # the pixel size as the field
+    assert misplaced_numbers("At a pixel size of 23.1 %.", ctx) == ["23.1"]  # right unit, wrong quantity
+    assert misplaced_numbers("A high aspect ratio of 41.3 nm.", ctx) == ["41.3"]  # the context gives no aspect ratio
+    assert misplaced_numbers("The image is 1024 x 768 px.", "Measured: uncalibrated; field 1024 px wide") == []
+    assert misplaced_numbers("It spans 1024 pixels, at a pixel size of 12 px.", "Measured: uncalibrated; field 1024 px wide; "
+                             "pitch 12 px") == ["12"]  # no pixel size without calibration
+    # A number only the question gives may be answered in the question's unit; one neither holds is not judged here.
+    assert misplaced_numbers("Yes, about 5 nm.", ctx, "Is the pixel size 5 nm?") == []
+    assert misplaced_numbers("It is 85 %.", ctx) == [] and invented_numbers("It is 85 %.", ctx) == ["85"]
 
 
 def test_micrograph_context_ocrs_only_an_image_its_file_does_not_calibrate():

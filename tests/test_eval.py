@@ -200,7 +200,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-sem"
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real-sem is absent")
 def test_real_set_captions_are_checked_and_shown_beside_their_images(tiny, tmp_path):
-    from slava.data.numbers import invented_numbers
+    from slava.data.numbers import invented_numbers, misplaced_numbers
     from slava.eval.runner import evaluate
 
     run, images = tiny
@@ -213,9 +213,10 @@ def test_real_set_captions_are_checked_and_shown_beside_their_images(tiny, tmp_p
     for r in real["rows"]:
         assert Path(r["thumbnail"]).is_file() and r["context"].startswith("Measured: pixel 31")  # the FEI tag
         assert r["invented"] == invented_numbers(r["answer"], r["context"], "")
+        assert r["misplaced"] == misplaced_numbers(r["answer"], r["context"], "")
         assert r["names_object"] == bool(re.search(r"fib(re|er)s?\b", r["answer"], re.I))
     assert real["hygiene"]["invented_numbers"] == sum(len(r["invented"]) for r in real["rows"])
-    assert "real captions: invented numbers" in {g["goal"] for g in m["goals"]}
+    assert {"real captions: invented numbers", "real captions: misplaced numbers"} <= {g["goal"] for g in m["goals"]}
     html = (out / "report.html").read_text()
     assert "Captions of real micrographs (2)" in html and html.count("<b>gift-fibres</b>") == 2
 

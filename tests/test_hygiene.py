@@ -149,10 +149,11 @@ def test_eval_hygiene_counts_invented_numbers_markers_and_loops():
     rows = [{"answer": "A tip of 12 nm.", "invented": ["12"]},
             {"answer": "SEM image.\nASSISTANT: A cone"},
             {"answer": "of a tip of a tip of a tip of a tip"},
+            {"answer": "At a pixel size of 31.1 %.", "misplaced": ["31.1"]},
             {"answer": "Round particles on a flat support."}]
     h = hygiene(rows, role_markers("plain"))
-    assert (h["generated"], h["invented_numbers"], h["role_markers"], h["loops"]) == (4, 1, 1, 1)
-    assert len(h["examples"]) == 3
+    assert (h["generated"], h["invented_numbers"], h["misplaced_numbers"], h["role_markers"], h["loops"]) == (5, 1, 1, 1, 1)
+    assert len(h["examples"]) == 4 and h["examples"][3]["misplaced"] == ["31.1"]
     assert has_loop("a b c d e a b c d e a b c d") and not has_loop("a b c d e a b c d")
 
 
@@ -210,6 +211,27 @@ def test_the_assistant_drops_the_sentence_the_decoder_cut(assistant):
     ids = assistant.tokenizer.encode("Round grains on a support. They are bright and")
     answer = assistant._answer(micrograph, ids, GenerationConfig(max_new_tokens=64), Context(text=""), "", 0.0)
     assert answer.text == "Round grains on a support." and answer.tokens == len(ids)
+
+
+def test_the_assistant_cuts_a_sentence_that_puts_a_context_number_on_the_wrong_quantity(assistant):
+    import numpy as np
+
+    from slava.assistant.grounding import without_misplaced_numbers
+    from slava.measure.context import Context
+
+    context = "Measured: uncalibrated; field 640 px wide; 37 particles, mean 45 px, cover 31.1 %"
+    said = "Round particles on a support. The image spans 640 px at a pixel size of 31.1 %."
+    assert without_misplaced_numbers(said, context) == "Round particles on a support."
+    assert without_misplaced_numbers("Fibres with a high aspect ratio of 45 px. They cross.", context) == \
+        "Fibres with a high aspect ratio. They cross."
+    # With nothing else to say, the answer stays whole so that its flag shows the defect.
+    assert without_misplaced_numbers("The image spans 31.1 px.", context) == "The image spans 31.1 px."
+    micrograph = assistant.prepare(np.full((64, 64), 0.5, np.float32))
+    for text, kept, flagged in ((said, "Round particles on a support.", ()),
+                                ("The image spans 31.1 px.", "The image spans 31.1 px.", ("31.1",))):
+        ids = assistant.tokenizer.encode(text)
+        answer = assistant._answer(micrograph, ids, GenerationConfig(max_new_tokens=64), Context(text=context), "", 0.0)
+        assert (answer.text, answer.misplaced, answer.invented) == (kept, flagged, ())
 
 
 def test_a_vanishing_nucleus_picks_greedys_token_when_bf16_logits_tie():

@@ -10,7 +10,7 @@ import pytest
 
 from slava.data.chat import split_human
 from slava.data.manifest import ManifestEntry
-from slava.data.numbers import invented_numbers
+from slava.data.numbers import invented_numbers, misplaced_numbers
 from slava.data.records import validate_record
 from slava.io import micrograph_from_array
 from slava.measure import measure
@@ -113,6 +113,7 @@ def test_every_number_in_an_answer_is_a_stated_number(synth_images, measured_onl
             # And every stated number is in the context line or the question the student is given.
             context, question = split_human(r["conversations"][0]["value"])
             assert invented_numbers(answer, context, question) == [], (answer, context)
+            assert misplaced_numbers(answer, context, question) == [], (answer, context)
             stated += len(tokens)
     assert stated > 100
 

@@ -223,7 +223,14 @@ def test_a_reply_stating_a_number_not_in_the_context_is_rejected_with_the_number
     assert "numbers not in the image context" in server.requests[1]["messages"][3]["content"]
 
 
-@pytest.mark.parametrize("bad", ["wrong_schema", "absurd", "unknown_family", "invented"])
+def test_a_reply_stating_a_context_number_as_another_quantity_is_rejected(server):
+    server.push("misplaced", "misplaced")
+    result = _teach(_teacher(server))
+    assert result.records == [] and not result.retryable
+    assert "numbers the image context gives as another quantity: caption states 2" in result.reject
+
+
+@pytest.mark.parametrize("bad", ["wrong_schema", "absurd", "unknown_family", "invented", "misplaced"])
 def test_an_answer_still_bad_after_repair_is_rejected_with_its_reason(server, bad):
     server.push(bad, bad)
     result = _teach(_teacher(server))

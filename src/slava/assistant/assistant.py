@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from slava.assistant.fewshot import SupportError, load_support, prototype_probs, prototypes
 from slava.assistant.grounding import (KIND_NEEDS, grounded_answer, grounded_kind, whole_sentences,
-                                      without_unknown_lengths)
+                                      without_misplaced_numbers, without_unknown_lengths)
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
-from slava.data.numbers import invented_numbers, numbers_in
+from slava.data.numbers import invented_numbers, misplaced_numbers, numbers_in
 from slava.data.run_head import HEAD_FILE, load_head
 from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
@@ -78,6 +78,9 @@ class Answer:
     """"stop" (end of sequence, or a measurement) or "length" (``max_new_tokens`` reached)."""
     invented: tuple[str, ...] = ()
     """Numbers a generated answer states that are in neither the image context nor the question (a defect)."""
+    misplaced: tuple[str, ...] = ()
+    """Context numbers the answer states as another quantity (``misplaced_numbers``; a defect). Their
+    sentences are cut, so this is empty unless every sentence had one."""
     context: str | None = None
     """The image context line the model was given (None for measured answers)."""
 
@@ -319,13 +322,15 @@ class Assistant:
 
     def _answer(self, micrograph: Micrograph, out: list[int], config: GenerationConfig, context: Context, asked: str,
                 latency: float, cancelled: bool = False) -> Answer:
-        """The ``Answer`` for tokens ``out``: text before any marker, whole sentences, calibrated, numbers checked."""
+        """The ``Answer`` for tokens ``out``: text before any marker, whole sentences, calibrated, numbers checked
+        (sentences with a misplaced one cut)."""
         finish = "cancelled" if cancelled else "length" if len(out) >= config.max_new_tokens else "stop"
         text = whole_sentences(self._before_markers(self.tokenizer.decode(out)).strip())
-        text = self._calibrated_text(micrograph, text)
+        text = without_misplaced_numbers(self._calibrated_text(micrograph, text), context.text, asked)
         return Answer(
             text=text, tokens=len(out), latency_s=latency, finish_reason=finish,
-            invented=tuple(invented_numbers(text, context.text, asked)), context=context.text,
+            invented=tuple(invented_numbers(text, context.text, asked)),
+            misplaced=tuple(misplaced_numbers(text, context.text, asked)), context=context.text,
         )
 
     def _before_markers(self, text: str) -> str:

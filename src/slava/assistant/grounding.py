@@ -5,8 +5,9 @@ question is grounded when ``slava.teacher.prompts.measure_kind`` knows its
 exact wording, or when its words ask for a count or a size of something the
 toolkit measures (particles, fibres, pores, a pattern's pitch, the field).
 The answer states the measured numbers in nm, or in px without calibration.
-Generated answers get two text fixes here too: no length in nm on an
-uncalibrated image, and no sentence the decoder left unfinished.
+Generated answers get three text fixes here too: no length in nm on an
+uncalibrated image, no sentence that puts a context number on the wrong
+quantity, and no sentence the decoder left unfinished.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from slava.data.numbers import misplaced_numbers, without_ratio_values
 from slava.measure.record import Measurements
 from slava.teacher.prompts import measure_kind
 
@@ -66,6 +68,24 @@ def without_unknown_lengths(text: str) -> tuple[str, bool]:
     if len(kept) == len(sentences):
         return text, False
     return " ".join([*kept, UNCALIBRATED_NOTE]).strip(), True
+
+
+def without_misplaced_numbers(text: str, context_text: str | None, question: str | None = None) -> str:
+    """``text`` without the sentences that state a context number as another quantity (``misplaced_numbers``).
+
+    The student copies the context's numbers but, small as it is, sometimes
+    onto the wrong slot of a sentence it learned ("at a pixel size of 31.1 %",
+    where 31.1 % is the coverage). An aspect ratio loses only its value
+    (``without_ratio_values``); the rest of the answer stands. An answer
+    every sentence of which misplaces a number is kept whole, so that
+    ``Answer.misplaced`` shows the defect instead of an empty reply hiding it.
+    """
+    text = without_ratio_values(text, context_text, question)
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    kept = [s for s in sentences if not misplaced_numbers(s, context_text, question)]
+    if len(kept) == len(sentences) or not kept:
+        return text
+    return " ".join(kept)
 
 
 _CLOSERS = ")\"'”’"

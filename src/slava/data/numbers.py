@@ -69,3 +69,65 @@ def invented_numbers(answer: str, context_text: str | None, question: str | None
     known = {_normal(n) for n in numbers_in(context_text or "") + numbers_in(question or "")}
     known |= {k.lstrip("-") for k in known}
     return [n for n in numbers_in(answer) if _normal(n) not in known and _normal(n).lstrip("-") not in known]
+
+
+# The unit a number is stated in, right after it. Only a glued "x" is a magnification: "1024 x 768" is a size.
+_UNIT_AFTER = re.compile(r"\s?(nm|µm|um|mm|px|pixels?|%|percent|kV)(?![A-Za-z])|(x|X)(?![A-Za-z])")
+_SAME_UNIT = {"um": "µm", "pixel": "px", "pixels": "px", "percent": "%", "X": "x"}
+# The quantity a number is stated as, from the words just before it, in the answer's phrasing and in the
+# context line's ("pixel 2.44 nm (file); field 624 nm wide"): the two a caption states most, and an aspect
+# ratio, which the context never gives, so that any number stated as one is misplaced.
+_ABOUT = r"(?:\s+(?:about|approximately|roughly|around))?"
+_QUANTITY_BEFORE = (
+    ("pixel size", re.compile(rf"pixel size(?:\s+(?:of|is|=|was))?{_ABOUT}\s*:?\s*$", re.I)),
+    ("field width", re.compile(rf"(?:\bspans|\bfield of view(?:\s+(?:of|is))?){_ABOUT}\s*$", re.I)),
+    ("aspect ratio", re.compile(rf"aspect ratio(?:\s+(?:of|is))?{_ABOUT}\s*$", re.I)),
+)
+_CONTEXT_QUANTITY = (("pixel size", re.compile(r"\bpixel\s*$")), ("field width", re.compile(r"\bfield\s*$")))
+
+
+def _stated(text: str, quantities) -> list[tuple[str, str, str | None, str | None]]:
+    """(number as written, normalised, its unit, its quantity) for each number in ``text``."""
+    out = []
+    for m in _NUMBER.finditer(text or ""):
+        unit = _UNIT_AFTER.match(text, m.end())
+        unit = None if unit is None else (unit.group(1) or unit.group(2))
+        before = text[max(0, m.start() - 40) : m.start()]
+        quantity = next((name for name, pattern in quantities if pattern.search(before)), None)
+        out.append((m.group(), _normal(m.group()).lstrip("-"), _SAME_UNIT.get(unit, unit), quantity))
+    return out
+
+
+def misplaced_numbers(answer: str, context_text: str | None, question: str | None = None) -> list[str]:
+    """Numbers in ``answer`` that the context holds, but as another quantity: stated in another unit, as the
+    pixel size or the field width when the context's is another number, or as an aspect ratio.
+
+    "The image spans 640 px at a pixel size of 31.1 %" against "field 640 px wide; … cover 31.1 %" misplaces
+    31.1. Every number is checked against the context and the question together, so a number the question
+    puts in a unit may be answered in it; numbers neither holds are ``invented_numbers``' business.
+    """
+    held = _stated(context_text or "", _CONTEXT_QUANTITY) + _stated(question or "", _QUANTITY_BEFORE)
+    units: dict[str, set] = {}
+    quantities: dict[str, set] = {}
+    for _, value, unit, quantity in held:
+        units.setdefault(value, set()).add(unit)
+        if quantity is not None:
+            quantities.setdefault(quantity, set()).add(value)
+    wrong = []
+    for written, value, unit, quantity in _stated(answer, _QUANTITY_BEFORE):
+        if value not in units:
+            continue
+        if (unit is not None and unit not in units[value]) or (quantity is not None and value not in quantities.get(quantity, ())):
+            wrong.append(written)
+    return wrong
+
+
+_RATIO_VALUE = re.compile(rf"(aspect ratio)(?:\s+(?:of|is))?{_ABOUT}\s*({_NUMBER.pattern})(?:{_UNIT_AFTER.pattern})?", re.I)
+
+
+def without_ratio_values(text: str, context_text: str | None, question: str | None = None) -> str:
+    """``text`` with the values of the aspect ratios it misplaces cut, the words kept: "a high aspect ratio of
+    2190 nm" becomes "a high aspect ratio". The context states no aspect ratio, so such a value is always
+    another quantity's number, while the words around it describe the shape."""
+    return _RATIO_VALUE.sub(lambda m: m.group(1) if misplaced_numbers(m.group(0), context_text, question) else m.group(0),
+                            text)

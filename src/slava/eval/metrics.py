@@ -88,23 +88,26 @@ def marker_count(text: str, markers: Sequence[str]) -> int:
 
 
 def hygiene(answers: Sequence[dict], markers: Sequence[str]) -> dict:
-    """Invented numbers, role markers and loops over generated answers (``{"answer", "invented"}`` rows).
+    """Invented and misplaced numbers, role markers and loops over generated answers
+    (``{"answer", "invented", "misplaced"}`` rows).
 
     The goals are 0 of each; ``examples`` shows up to five offending answers.
     """
     bad = []
-    invented = markers_found = loops = with_invented = 0
+    invented = misplaced = markers_found = loops = with_invented = 0
     for a in answers:
-        n_inv, n_mark, loop = len(a.get("invented") or ()), marker_count(a["answer"], markers), has_loop(a["answer"])
+        n_inv, n_mis = len(a.get("invented") or ()), len(a.get("misplaced") or ())
+        n_mark, loop = marker_count(a["answer"], markers), has_loop(a["answer"])
         invented += n_inv
+        misplaced += n_mis
         with_invented += bool(n_inv)
         markers_found += n_mark
         loops += loop
-        if (n_inv or n_mark or loop) and len(bad) < 5:
-            bad.append({"answer": a["answer"], "invented": list(a.get("invented") or ()), "role_markers": n_mark,
-                        "loop": loop})
+        if (n_inv or n_mis or n_mark or loop) and len(bad) < 5:
+            bad.append({"answer": a["answer"], "invented": list(a.get("invented") or ()),
+                        "misplaced": list(a.get("misplaced") or ()), "role_markers": n_mark, "loop": loop})
     return {"generated": len(answers), "invented_numbers": invented, "answers_with_invented": with_invented,
-            "role_markers": markers_found, "loops": loops, "examples": bad}
+            "misplaced_numbers": misplaced, "role_markers": markers_found, "loops": loops, "examples": bad}
 
 
 def topk_accuracy(truth: Sequence[str], ranked: Sequence[Sequence[str]], k: int) -> float:

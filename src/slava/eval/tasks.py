@@ -66,7 +66,7 @@ def text_task(assistant, items: Sequence[EvalItem], max_new_tokens: int = 128, s
     rows = [{"image": it.image, "label": it.label, "task": ref.task, "family": ref.family,
              "question": ref.question, "reference": ref.answer, "answer": answer.text,
              "latency_s": answer.latency_s, "source": answer.source,
-             "invented": list(answer.invented), "context": answer.context}
+             "invented": list(answer.invented), "misplaced": list(answer.misplaced), "context": answer.context}
             for (it, ref), answer in zip(asked, answers)]
     if not rows:
         return {"n": 0}

@@ -243,7 +243,8 @@ async def chat_completions(request: Request):
         "usage": usage,
         # Extra, ignored by OpenAI clients: whether the toolkit measured the answer, and its numbers.
         "slava": finite({"source": answer.source, "numbers": answer.numbers, "latency_s": answer.latency_s,
-                         "invented": list(answer.invented), "context": answer.context}),
+                         "invented": list(answer.invented), "misplaced": list(answer.misplaced),
+                         "context": answer.context}),
     }
 
 

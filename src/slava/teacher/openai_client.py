@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from slava.data.chat import user_turn
-from slava.data.numbers import format_number, invented_numbers
+from slava.data.numbers import format_number, invented_numbers, misplaced_numbers
 from slava.data.records import FAMILIES, TASKS, validate_record
 from slava.errors import SlavaError
 from slava.measure import MeasureError
@@ -258,7 +258,8 @@ def validate_answer(
 
 
 def ungrounded(answer: dict, context: Context) -> str | None:
-    """Why a validated answer states numbers the image context and its question do not hold (None when it does not)."""
+    """Why a validated answer states numbers the image context and its question do not hold, or holds as
+    another quantity (None when it does neither)."""
     stated = []
     if "caption" in answer:
         stated.append(("caption", answer["caption"], prompts.CAPTION_PROMPT))
@@ -270,9 +271,11 @@ def ungrounded(answer: dict, context: Context) -> str | None:
             stated.append((f"measurements.{name}", format_number(m[name]), ""))
     problems = [f"{where} states {', '.join(found)}" for where, text, question in stated
                 if (found := invented_numbers(text, context.text, question))]
-    if not problems:
-        return None
-    return "numbers not in the image context: " + "; ".join(problems)
+    if problems:
+        return "numbers not in the image context: " + "; ".join(problems)
+    problems = [f"{where} states {', '.join(found)}" for where, text, question in stated
+                if (found := misplaced_numbers(text, context.text, question))]
+    return "numbers the image context gives as another quantity: " + "; ".join(problems) if problems else None
 
 
 def _measure_pairs(m: dict, rng: random.Random) -> list[tuple[str, str, dict]]:
