@@ -202,6 +202,19 @@ def test_an_answer_cut_mid_sentence_ends_at_its_last_whole_sentence():
     assert whole_sentences("About 12.5 nm") == "About 12.5 nm"
 
 
+def test_a_word_or_phrase_said_twice_in_a_row_is_said_once():
+    from slava.assistant.grounding import without_stutters
+
+    assert without_stutters("A long, straight, straight fibre.") == "A long, straight fibre."
+    assert without_stutters("A bright, bright, bright outline.") == "A bright outline."
+    assert without_stutters("A network of pores and pores on a substrate.") == "A network of pores on a substrate."
+    assert without_stutters("With a high aspect ratio and a high aspect ratio.") == "With a high aspect ratio."
+    # Words said again later, across a sentence end, or as numbers are not stutters.
+    for kept in ("A rounded body with a high aspect ratio and a rounded body.", "Round particles. Round particles cover it.",
+                 "Sizes of 10 10 nm.", "Round grains on a support."):
+        assert without_stutters(kept) == kept
+
+
 def test_the_assistant_drops_the_sentence_the_decoder_cut(assistant):
     import numpy as np
 

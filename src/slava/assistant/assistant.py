@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from slava.assistant.fewshot import SupportError, load_support, prototype_probs, prototypes
 from slava.assistant.grounding import (KIND_NEEDS, grounded_answer, grounded_kind, whole_sentences,
-                                      without_misplaced_numbers, without_unknown_lengths)
+                                      without_misplaced_numbers, without_stutters, without_unknown_lengths)
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
 from slava.data.numbers import invented_numbers, misplaced_numbers, numbers_in
@@ -322,10 +322,10 @@ class Assistant:
 
     def _answer(self, micrograph: Micrograph, out: list[int], config: GenerationConfig, context: Context, asked: str,
                 latency: float, cancelled: bool = False) -> Answer:
-        """The ``Answer`` for tokens ``out``: text before any marker, whole sentences, calibrated, numbers checked
-        (sentences with a misplaced one cut)."""
+        """The ``Answer`` for tokens ``out``: text before any marker, no stutters, whole sentences, calibrated,
+        numbers checked (sentences with a misplaced one cut)."""
         finish = "cancelled" if cancelled else "length" if len(out) >= config.max_new_tokens else "stop"
-        text = whole_sentences(self._before_markers(self.tokenizer.decode(out)).strip())
+        text = whole_sentences(without_stutters(self._before_markers(self.tokenizer.decode(out)).strip()))
         text = without_misplaced_numbers(self._calibrated_text(micrograph, text), context.text, asked)
         return Answer(
             text=text, tokens=len(out), latency_s=latency, finish_reason=finish,

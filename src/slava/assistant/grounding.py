@@ -5,9 +5,10 @@ question is grounded when ``slava.teacher.prompts.measure_kind`` knows its
 exact wording, or when its words ask for a count or a size of something the
 toolkit measures (particles, fibres, pores, a pattern's pitch, the field).
 The answer states the measured numbers in nm, or in px without calibration.
-Generated answers get three text fixes here too: no length in nm on an
-uncalibrated image, no sentence that puts a context number on the wrong
-quantity, and no sentence the decoder left unfinished.
+Generated answers get four text fixes here too: no word or phrase said twice
+in a row, no length in nm on an uncalibrated image, no sentence that puts a
+context number on the wrong quantity, and no sentence the decoder left
+unfinished.
 """
 
 from __future__ import annotations
@@ -86,6 +87,20 @@ def without_misplaced_numbers(text: str, context_text: str | None, question: str
     if len(kept) == len(sentences) or not kept:
         return text
     return " ".join(kept)
+
+
+_STUTTER = re.compile(r"\b([A-Za-z][\w-]*(?:\s+[A-Za-z][\w-]*){0,3})((?:\s*,\s*|\s+)(?:and\s+)?\1\b)+", re.I)
+
+
+def without_stutters(text: str) -> str:
+    """``text`` with a word or phrase of up to four words said again straight after itself said once.
+
+    The decoder's loop guard stops a phrase on its third time; a small LM
+    still doubles adjectives and nouns ("a long, straight, straight fibre",
+    "pores and pores", "a high aspect ratio and a high aspect ratio"), which
+    reads as broken. Repeats across a sentence end are left alone.
+    """
+    return _STUTTER.sub(r"\1", text)
 
 
 _CLOSERS = ")\"'”’"
