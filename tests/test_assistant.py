@@ -272,7 +272,7 @@ def test_generated_answers_are_clean_and_flag_invented_numbers(assistant, images
             assert marker_count(answer.text, assistant.markers) == 0, answer.text
             assert not has_loop(answer.text), answer.text
             assert answer.invented == tuple(invented_numbers(answer.text, answer.context, question))
-            assert answer.misplaced == tuple(misplaced_numbers(answer.text, answer.context, question))
+            assert misplaced_numbers(answer.text, answer.context, question) == []  # cut, listed in answer.misplaced
             assert answer.context and answer.context.startswith("Measured: ")
 
 

@@ -37,7 +37,7 @@ from slava.assistant.grounding import (KIND_NEEDS, grounded_answer, grounded_kin
                                       without_misplaced_numbers, without_stutters, without_unknown_lengths)
 from slava.assistant.images import ImageInput, model_pixels, to_micrograph
 from slava.data.chat import IMAGE_TOKEN, encode, question_of, role_markers, user_turn
-from slava.data.numbers import invented_numbers, misplaced_numbers, numbers_in
+from slava.data.numbers import invented_numbers, numbers_in
 from slava.data.run_head import HEAD_FILE, load_head
 from slava.data.run_labels import read_run_labels
 from slava.errors import SlavaError
@@ -79,8 +79,8 @@ class Answer:
     invented: tuple[str, ...] = ()
     """Numbers a generated answer states that are in neither the image context nor the question (a defect)."""
     misplaced: tuple[str, ...] = ()
-    """Context numbers the answer states as another quantity (``misplaced_numbers``; a defect). Their
-    sentences are cut, so this is empty unless every sentence had one."""
+    """Context numbers the model stated as another quantity (``misplaced_numbers``; a defect of the model):
+    their sentences were cut from ``text``, which states none."""
     context: str | None = None
     """The image context line the model was given (None for measured answers)."""
 
@@ -326,11 +326,11 @@ class Assistant:
         numbers checked (sentences with a misplaced one cut)."""
         finish = "cancelled" if cancelled else "length" if len(out) >= config.max_new_tokens else "stop"
         text = whole_sentences(without_stutters(self._before_markers(self.tokenizer.decode(out)).strip()))
-        text = without_misplaced_numbers(self._calibrated_text(micrograph, text), context.text, asked)
+        text, misplaced = without_misplaced_numbers(self._calibrated_text(micrograph, text), context.text, asked)
         return Answer(
             text=text, tokens=len(out), latency_s=latency, finish_reason=finish,
-            invented=tuple(invented_numbers(text, context.text, asked)),
-            misplaced=tuple(misplaced_numbers(text, context.text, asked)), context=context.text,
+            invented=tuple(invented_numbers(text, context.text, asked)), misplaced=tuple(misplaced),
+            context=context.text,
         )
 
     def _before_markers(self, text: str) -> str:

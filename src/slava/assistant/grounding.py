@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from slava.data.chat import CONTEXT_PREFIX
 from slava.data.numbers import misplaced_numbers, without_ratio_values
+from slava.data.repetition import loop_start
 from slava.measure.record import Measurements
 from slava.teacher.prompts import measure_kind
 
@@ -71,22 +73,26 @@ def without_unknown_lengths(text: str) -> tuple[str, bool]:
     return " ".join([*kept, UNCALIBRATED_NOTE]).strip(), True
 
 
-def without_misplaced_numbers(text: str, context_text: str | None, question: str | None = None) -> str:
-    """``text`` without the sentences that state a context number as another quantity (``misplaced_numbers``).
+def without_misplaced_numbers(text: str, context_text: str | None,
+                              question: str | None = None) -> tuple[str, list[str]]:
+    """``text`` without the sentences that state a context number as another quantity, and those numbers.
 
     The student copies the context's numbers but, small as it is, sometimes
     onto the wrong slot of a sentence it learned ("at a pixel size of 31.1 %",
-    where 31.1 % is the coverage). An aspect ratio loses only its value
-    (``without_ratio_values``); the rest of the answer stands. An answer
-    every sentence of which misplaces a number is kept whole, so that
-    ``Answer.misplaced`` shows the defect instead of an empty reply hiding it.
+    where 31.1 % is the coverage; ``misplaced_numbers``). An aspect ratio
+    loses only its value (``without_ratio_values``); the rest of the answer
+    stands. An answer every sentence of which misplaces a number becomes the
+    measurements themselves, as the context line states them.
     """
+    misplaced = misplaced_numbers(text, context_text, question)
+    if not misplaced:
+        return text, []
     text = without_ratio_values(text, context_text, question)
     sentences = re.split(r"(?<=[.!?])\s+", text.strip())
     kept = [s for s in sentences if not misplaced_numbers(s, context_text, question)]
-    if len(kept) == len(sentences) or not kept:
-        return text
-    return " ".join(kept)
+    if not kept:
+        return f"Measured on this image: {context_text.removeprefix(CONTEXT_PREFIX).strip()}.", misplaced
+    return " ".join(kept), misplaced
 
 
 _STUTTER = re.compile(r"\b([A-Za-z][\w-]*(?:\s+[A-Za-z][\w-]*){0,3})((?:\s*,\s*|\s+)(?:and\s+)?\1\b)+", re.I)
@@ -98,9 +104,13 @@ def without_stutters(text: str) -> str:
     The decoder's loop guard stops a phrase on its third time; a small LM
     still doubles adjectives and nouns ("a long, straight, straight fibre",
     "pores and pores", "a high aspect ratio and a high aspect ratio"), which
-    reads as broken. Repeats across a sentence end are left alone.
+    reads as broken. Repeats across a sentence end are left alone. Saying a
+    word once can make a phrase recur a third time, a loop the decoder would
+    have stopped at (``slava.data.repetition``): the text then ends there.
     """
-    return _STUTTER.sub(r"\1", text)
+    said = _STUTTER.sub(r"\1", text)
+    cut = loop_start(said)
+    return said if cut is None else said[:cut].rstrip()
 
 
 _CLOSERS = ")\"'”’"

@@ -193,8 +193,8 @@ def write_report(metrics: dict, out: Path) -> Path:
         hyg = text.get("hygiene") or {}
         if hyg.get("generated") is not None:
             parts.append("<h2>Answer hygiene</h2><p>Over the generated (not measured) answers: numbers in neither the "
-                         "image context nor the question, context numbers stated as another quantity (their sentences "
-                         "are cut, so a count here is an answer that had no other sentence), role markers, and answers "
+                         "image context nor the question, context numbers the model stated as another quantity (their "
+                         "sentences are cut from the answers shown), role markers, and answers "
                          "repeating a word 4-gram three times (goal 0 each).</p>"
                          + _table([hyg], ["generated", "invented_numbers", "answers_with_invented", "misplaced_numbers",
                                           "role_markers", "loops"]))
@@ -268,13 +268,13 @@ def write_report(metrics: dict, out: Path) -> Path:
                 f" · names {'/'.join(r['object_words'])}: {'yes' if r['names_object'] else '<b>no</b>'}"
             invented = f" · <b>invented: {html.escape(', '.join(r['invented']))}</b>" if r["invented"] else ""
             if r["misplaced"]:
-                invented += f" · <b>misplaced: {html.escape(', '.join(r['misplaced']))}</b>"
+                invented += f" · <b>misplaced, cut: {html.escape(', '.join(r['misplaced']))}</b>"
             cells.append(f"<div class=s>{_img(Path(r['thumbnail']))}<div><p><b>{html.escape(r['set'])}</b> "
                          f"{html.escape(Path(r['image']).name)}{named}{invented}</p>"
                          f"<p><b>context:</b> <code>{html.escape(r['context'] or '')}</code></p>"
                          f"<p><b>sLAVA:</b> {html.escape(r['answer'])}</p></div></div>")
         parts.append(f"<h2>Captions of real micrographs ({real['n']})</h2><p>Invented numbers: {hyg['invented_numbers']}, "
-                     f"misplaced: {hyg['misplaced_numbers']}, "
+                     f"misplaced (cut): {hyg['misplaced_numbers']}, "
                      f"role markers: {hyg['role_markers']}, loops: {hyg['loops']}; naming the set's object: "
                      f"{_fmt(real['names_object'])}; ending a sentence: {_fmt(real['ends_sentence'])}.</p>" + "".join(cells))
 

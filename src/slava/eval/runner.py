@@ -71,7 +71,7 @@ def _goals(m: dict) -> list[dict]:
     hyg = (m.get("text") or {}).get("hygiene") or {}
     if hyg.get("generated"):
         add("invented numbers (greedy)", hyg["invented_numbers"], f"0 in {hyg['generated']} answers", lambda v: v == 0)
-        add("misplaced numbers (greedy)", hyg["misplaced_numbers"], f"0 in {hyg['generated']} answers",
+        add("misplaced numbers written, cut from the answers (greedy)", hyg["misplaced_numbers"], f"0 in {hyg['generated']} answers",
             lambda v: v == 0)
         add("role markers or loops", hyg["role_markers"] + hyg["loops"], f"0 in {hyg['generated']} answers",
             lambda v: v == 0)
@@ -86,7 +86,7 @@ def _goals(m: dict) -> list[dict]:
     if real.get("n"):
         add("real captions: invented numbers", real["hygiene"]["invented_numbers"], f"0 in {real['n']} captions",
             lambda v: v == 0)
-        add("real captions: misplaced numbers", real["hygiene"]["misplaced_numbers"], f"0 in {real['n']} captions",
+        add("real captions: misplaced numbers written, cut", real["hygiene"]["misplaced_numbers"], f"0 in {real['n']} captions",
             lambda v: v == 0)
         add("real captions naming their object", real["names_object"], "1.0", lambda v: v == 1.0)
     return rows
