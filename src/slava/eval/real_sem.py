@@ -5,8 +5,9 @@ A real set is a folder holding ``truth.jsonl`` (one JSON object per image,
 From each set a few images spread over its file list are captioned. Each
 caption is checked for what a materials scientist looks at first: does it
 name the kind of object the set shows, does every number in it come from the
-image's context line, as the quantity it is there (``Answer.invented`` and
-``Answer.misplaced`` are empty), is it free of role
+image's context line, as the quantity it is there (``Answer.invented`` is
+empty; numbers the model put on another quantity were cut and are listed in
+``Answer.misplaced``), is it free of role
 markers and loops, and does it end a sentence.
 """
 
@@ -105,7 +106,8 @@ def real_captions(assistant, root: str | Path, out_dir: str | Path, per_set: int
         words = OBJECT_WORDS.get(name)
         rows.append({
             "set": name, "image": str(path), "answer": answer.text, "context": answer.context,
-            "invented": list(answer.invented), "misplaced": list(answer.misplaced), "names_object": None if words is None else names_object(answer.text, words),
+            "invented": list(answer.invented), "misplaced": list(answer.misplaced),
+            "names_object": None if words is None else names_object(answer.text, words),
             "object_words": list(words or ()), "ends_sentence": answer.text.rstrip().endswith((".", "!", "?")),
             "thumbnail": str(_thumbnail(micrograph.pixels, out_dir / f"{k:02d}-{name}.png")),
         })
