@@ -308,6 +308,17 @@ def test_uncalibrated_answers_state_no_length_in_nm():
     assert without_unknown_lengths("Fibres run left to right.") == ("Fibres run left to right.", False)
 
 
+def test_an_uncalibrated_answer_left_with_no_sentence_states_the_measurements():
+    from slava.assistant.grounding import UNCALIBRATED_NOTE, without_unknown_lengths
+
+    context = "Measured: uncalibrated; field 512 px wide; 349 particles, mean 15.9 px, cover 40.3 %"
+    text, changed = without_unknown_lengths("The precipitates are 15.9 nm across. They cover 40.3 nm.", context)
+    assert changed and "nm across" not in text and "40.3 nm" not in text
+    assert text == f"Measured on this image: uncalibrated; field 512 px wide; 349 particles, mean 15.9 px, cover 40.3 %. {UNCALIBRATED_NOTE}"
+    kept, _ = without_unknown_lengths("Bright spheres. They are 15.9 nm across.", context)
+    assert kept == f"Bright spheres. {UNCALIBRATED_NOTE}"
+
+
 def test_ask_gives_no_nm_for_an_uncalibrated_image(tiny_run, tmp_path, capsys):
     run = tiny_run
     noise_folder(tmp_path, n=1)
