@@ -72,7 +72,7 @@ def without_unknown_lengths(text: str, context_text: str | None = None) -> tuple
     sentence was removed); a removal ends the text with ``UNCALIBRATED_NOTE``.
     An answer that loses every sentence states the measurements of
     ``context_text`` before the note, where it is given: the note alone
-    answered nothing (3 of 10 real captions, AMD EPYC run of 2026-12-03).
+    answered nothing (2 of 10 real captions, AMD EPYC run of 2026-12-03).
     """
     sentences = re.split(r"(?<=[.!?])\s+", text.strip())
     kept = [s for s in sentences if not _PHYSICAL_LENGTH.search(s)]
