@@ -88,6 +88,8 @@ def test_misplaced_numbers_catches_a_context_number_on_the_wrong_quantity():
     assert misplaced_numbers("The image spans 2.44 nm.", ctx) == ["2.44"]  # the pixel size as the field
     assert misplaced_numbers("At a pixel size of 23.1 %.", ctx) == ["23.1"]  # right unit, wrong quantity
     assert misplaced_numbers("A high aspect ratio of 41.3 nm.", ctx) == ["41.3"]  # the context gives no aspect ratio
+    assert misplaced_numbers("The image contains 41.3 nm at a pixel size of 2.44 nm.", ctx) == ["41.3"]  # a size as a count
+    assert misplaced_numbers("The image contains 37 particles; I count 37.", ctx) == []
     assert misplaced_numbers("The image is 1024 x 768 px.", "Measured: uncalibrated; field 1024 px wide") == []
     assert misplaced_numbers("It spans 1024 pixels, at a pixel size of 12 px.", "Measured: uncalibrated; field 1024 px wide; "
                              "pitch 12 px") == ["12"]  # no pixel size without calibration

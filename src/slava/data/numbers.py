@@ -84,6 +84,10 @@ _QUANTITY_BEFORE = (
     ("aspect ratio", re.compile(rf"aspect ratio(?:\s+(?:of|is))?{_ABOUT}\s*$", re.I)),
 )
 _CONTEXT_QUANTITY = (("pixel size", re.compile(r"\bpixel\s*$")), ("field width", re.compile(r"\bfield\s*$")))
+# A number stated as a count ("The image contains 123 fibres", "I count 89 particles") has no length unit: one
+# with it is a size or a field width put in the count's place ("The image contains 1050 nm").
+_LENGTH_UNITS = {"nm", "µm", "mm", "px"}
+_COUNT_BEFORE = re.compile(r"(?:\bcontains|\bI count|\bcounts|\bseparates|\bfinds){_ABOUT}\s*$".format(_ABOUT=_ABOUT), re.I)
 
 
 def _stated(text: str, quantities) -> list[tuple[str, str, str | None, str | None]]:
@@ -100,7 +104,8 @@ def _stated(text: str, quantities) -> list[tuple[str, str, str | None, str | Non
 
 def misplaced_numbers(answer: str, context_text: str | None, question: str | None = None) -> list[str]:
     """Numbers in ``answer`` that the context holds, but as another quantity: stated in another unit, as the
-    pixel size or the field width when the context's is another number, or as an aspect ratio.
+    pixel size or the field width when the context's is another number, as an aspect ratio, or as a count
+    with a length unit after it.
 
     "The image spans 640 px at a pixel size of 31.1 %" against "field 640 px wide; … cover 31.1 %" misplaces
     31.1. Every number is checked against the context and the question together, so a number the question
@@ -114,10 +119,13 @@ def misplaced_numbers(answer: str, context_text: str | None, question: str | Non
         if quantity is not None:
             quantities.setdefault(quantity, set()).add(value)
     wrong = []
-    for written, value, unit, quantity in _stated(answer, _QUANTITY_BEFORE):
+    for written, value, unit, quantity in _stated(answer, (*_QUANTITY_BEFORE, ("count", _COUNT_BEFORE))):
         if value not in units:
             continue
-        if (unit is not None and unit not in units[value]) or (quantity is not None and value not in quantities.get(quantity, ())):
+        if quantity == "count":
+            if unit in _LENGTH_UNITS:
+                wrong.append(written)
+        elif (unit is not None and unit not in units[value]) or (quantity is not None and value not in quantities.get(quantity, ())):
             wrong.append(written)
     return wrong
 
