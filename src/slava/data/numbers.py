@@ -87,7 +87,7 @@ _CONTEXT_QUANTITY = (("pixel size", re.compile(r"\bpixel\s*$")), ("field width",
 # A number stated as a count ("The image contains 123 fibres", "I count 89 particles") has no length unit: one
 # with it is a size or a field width put in the count's place ("The image contains 1050 nm").
 _LENGTH_UNITS = {"nm", "µm", "mm", "px"}
-_COUNT_BEFORE = re.compile(r"(?:\bcontains|\bI count|\bcounts|\bseparates|\bfinds){_ABOUT}\s*$".format(_ABOUT=_ABOUT), re.I)
+_COUNT_BEFORE = re.compile(rf"(?:\bcontains|\bI count|\bcounts|\bseparates|\bfinds){_ABOUT}\s*$", re.I)
 
 
 def _stated(text: str, quantities) -> list[tuple[str, str, str | None, str | None]]:
