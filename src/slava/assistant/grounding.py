@@ -59,6 +59,11 @@ _PHYSICAL_LENGTH = re.compile(
 UNCALIBRATED_NOTE = "The image carries no calibration, so no size in nm can be given."
 
 
+def _sentences(text: str) -> list[str]:
+    """``text``'s sentences, split after each ``.``, ``!`` or ``?`` that whitespace follows."""
+    return re.split(r"(?<=[.!?])\s+", text.strip())
+
+
 def context_statement(context_text: str) -> str:
     """The image context line as a sentence: what an answer says when the guards left none of its own."""
     return f"Measured on this image: {context_text.removeprefix(CONTEXT_PREFIX).strip()}."
@@ -74,7 +79,7 @@ def without_unknown_lengths(text: str, context_text: str | None = None) -> tuple
     ``context_text`` before the note, where it is given: the note alone
     answered nothing (2 of 10 real captions, AMD EPYC run of 2026-12-03).
     """
-    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    sentences = _sentences(text)
     kept = [s for s in sentences if not _PHYSICAL_LENGTH.search(s)]
     if len(kept) == len(sentences):
         return text, False
@@ -98,7 +103,7 @@ def without_misplaced_numbers(text: str, context_text: str | None,
     if not misplaced:
         return text, []
     text = without_ratio_values(text, context_text, question)
-    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    sentences = _sentences(text)
     kept = [s for s in sentences if not misplaced_numbers(s, context_text, question)]
     if not kept:
         return context_statement(context_text), misplaced

@@ -87,7 +87,10 @@ _CONTEXT_QUANTITY = (("pixel size", re.compile(r"\bpixel\s*$")), ("field width",
 # A number stated as a count ("The image contains 123 fibres", "I count 89 particles") has no length unit: one
 # with it is a size or a field width put in the count's place ("The image contains 1050 nm").
 _LENGTH_UNITS = {"nm", "µm", "mm", "px"}
-_COUNT_BEFORE = re.compile(rf"(?:\bcontains|\bI count|\bcounts|\bseparates|\bfinds){_ABOUT}\s*$", re.I)
+_ANSWER_QUANTITIES = (
+    *_QUANTITY_BEFORE,
+    ("count", re.compile(rf"(?:\bcontains|\bI count|\bcounts|\bseparates|\bfinds){_ABOUT}\s*$", re.I)),
+)
 
 
 def _stated(text: str, quantities) -> list[tuple[str, str, str | None, str | None]]:
@@ -119,7 +122,7 @@ def misplaced_numbers(answer: str, context_text: str | None, question: str | Non
         if quantity is not None:
             quantities.setdefault(quantity, set()).add(value)
     wrong = []
-    for written, value, unit, quantity in _stated(answer, (*_QUANTITY_BEFORE, ("count", _COUNT_BEFORE))):
+    for written, value, unit, quantity in _stated(answer, _ANSWER_QUANTITIES):
         if value not in units:
             continue
         if quantity == "count":
